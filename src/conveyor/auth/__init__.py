@@ -1,0 +1,1 @@
+"""Principals, API tokens, the trusted proxy header and permissions."""

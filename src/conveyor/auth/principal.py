@@ -1,0 +1,18 @@
+"""Who is asking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated user (or, with auth off, the configured default user)."""
+
+    user: str
+    admin: bool
+    authenticated: bool
+
+    def may_see(self, owner: str) -> bool:
+        """Users see what they own; admins see everything."""
+        return self.admin or owner == self.user

@@ -1,0 +1,76 @@
+"""Turning a request's credentials into a :class:`Principal`, per ``CONVEYOR_AUTH``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Mapping
+
+from conveyor.auth.principal import Principal
+from conveyor.auth.tokens import lookup
+from conveyor.config import Settings
+from conveyor.db.engine import Database
+from conveyor.db.models import User
+from conveyor.errors import Unauthorized
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    """A token from ``Authorization: Bearer T`` or from the password of Basic auth.
+
+    Basic auth lets the published Pacifica clients, which know only user and password,
+    present a token unchanged.
+    """
+    value = headers.get("authorization", "")
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    if scheme.lower() == "basic" and credentials.strip():
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthorized("the Basic credentials are not valid base64") from None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def _trusted(settings: Settings, client_host: str | None) -> bool:
+    if client_host is None:
+        return False
+    try:
+        address = ipaddress.ip_address(client_host)
+    except ValueError:
+        return False
+    return any(
+        address in ipaddress.ip_network(net, strict=False) for net in settings.trusted_proxies
+    )
+
+
+def authenticate(
+    settings: Settings, db: Database, headers: Mapping[str, str], client_host: str | None
+) -> Principal:
+    """The principal making the request, or :class:`Unauthorized` saying what is missing."""
+    if settings.auth == "none":
+        return Principal(settings.default_user, admin=True, authenticated=False)
+    if settings.auth == "token":
+        secret = _bearer(headers)
+        if secret is None:
+            raise Unauthorized(
+                "this server needs an API token: send 'Authorization: Bearer <token>'"
+            )
+        with db.session() as session:
+            token = lookup(session, secret)
+            if token is None:
+                raise Unauthorized("the API token is unknown or revoked")
+            user = session.get(User, token.user_id)
+            admin = token.admin or bool(user and user.admin)
+            return Principal(token.user_id, admin=admin, authenticated=True)
+    if not _trusted(settings, client_host):
+        raise Unauthorized("requests must come through a trusted proxy")
+    name = headers.get(settings.proxy_header.lower(), "").strip()
+    if not name:
+        raise Unauthorized(f"the trusted proxy sent no {settings.proxy_header} header")
+    with db.session() as session:
+        user = session.get(User, name)
+        admin = name in settings.admin_users or bool(user and user.admin)
+    return Principal(name, admin=admin, authenticated=True)

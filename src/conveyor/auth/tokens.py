@@ -1,0 +1,63 @@
+"""API tokens: shown once at creation, stored only as their sha256, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from conveyor.db.models import ApiToken, User
+from conveyor.db.types import utcnow
+
+PREFIX = "cvy_"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token as created: the secret is only ever available here."""
+
+    id: int
+    user: str
+    admin: bool
+    secret: str
+
+
+def digest(secret: str) -> str:
+    """The stored form of a token (tokens are random, so a plain hash is enough)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_token(session: Session, user: str, admin: bool = False, label: str = "") -> IssuedToken:
+    """Issue a token for ``user``, registering the user if needed."""
+    if session.get(User, user) is None:
+        session.add(User(id=user, admin=admin))
+    secret = PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(user_id=user, token_hash=digest(secret), admin=admin, label=label)
+    session.add(row)
+    session.flush()
+    return IssuedToken(row.id, user, admin, secret)
+
+
+def revoke_token(session: Session, token_id: int) -> bool:
+    """Revoke a token; False when there is no such active token."""
+    result = session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def lookup(session: Session, secret: str) -> ApiToken | None:
+    """The active token with this secret, if any."""
+    return session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == digest(secret), ApiToken.revoked_at.is_(None))
+    )
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    """Every token, newest first (secrets are not stored, so none are shown)."""
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.id.desc())))

@@ -1,0 +1,41 @@
+"""What every command shares: settings, errors as one line, the API client."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from conveyor.config import ConfigError, Settings, load_settings
+from conveyor.db.engine import DatabaseUnavailable
+
+err = Console(stderr=True)
+out = Console()
+
+
+def die(message: str, code: int = 2) -> NoReturn:
+    """Print one line to stderr and exit."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings_or_die(**overrides: Any) -> Settings:
+    """The settings, or exit with the one line that says what is wrong."""
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        die(str(exc))
+
+
+def print_json(value: Any) -> None:
+    """Pretty JSON on stdout (plain when piped)."""
+    if sys.stdout.isatty():
+        out.print_json(data=value)
+    else:
+        print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+UNAVAILABLE = (DatabaseUnavailable,)

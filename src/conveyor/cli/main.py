@@ -1,0 +1,19 @@
+"""``conveyor``: server, worker, admin and client verbs."""
+
+from __future__ import annotations
+
+import typer
+
+from conveyor.cli import client_cmds, server
+
+app = typer.Typer(
+    help="Conveyor moves research data: ingest, archive, follow jobs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command()(server.serve)
+app.command()(server.worker)
+app.command()(client_cmds.upload)
+app.add_typer(server.db_app, name="db")
+app.add_typer(server.admin_app, name="admin")
+app.add_typer(client_cmds.job_app, name="job")

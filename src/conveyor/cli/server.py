@@ -1,0 +1,241 @@
+"""Server-side commands: serve, worker, db, admin. They use the database directly."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from sqlalchemy.orm import Session
+
+from conveyor.auth import tokens
+from conveyor.cli.common import die, out, print_json, settings_or_die
+from conveyor.config import Settings, is_loopback
+from conveyor.db.engine import Database, DatabaseUnavailable
+from conveyor.db.migrate import current_revision, head_revision, upgrade
+from conveyor.ingest import policy
+from conveyor.observability.logs import configure_logging
+
+log = logging.getLogger(__name__)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Administration: tokens, projects, instruments, users.", no_args_is_help=True
+)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+project_app = typer.Typer(help="Projects.", no_args_is_help=True)
+instrument_app = typer.Typer(help="Instruments.", no_args_is_help=True)
+user_app = typer.Typer(help="Users.", no_args_is_help=True)
+admin_app.add_typer(token_app, name="token")
+admin_app.add_typer(project_app, name="project")
+admin_app.add_typer(instrument_app, name="instrument")
+admin_app.add_typer(user_app, name="user")
+
+
+def _database(settings: Settings) -> Database:
+    database = Database(settings.database_url)
+    try:
+        database.wait_until_ready(settings.db_connect_attempts, settings.db_connect_wait)
+    except DatabaseUnavailable as exc:
+        die(str(exc))
+    upgrade(database)
+    return database
+
+
+@contextmanager
+def admin_session() -> Iterator[Session]:
+    """A session on the configured database, migrated, for one admin command."""
+    settings = settings_or_die()
+    configure_logging(settings.log_format, "WARNING")
+    database = _database(settings)
+    try:
+        with database.session() as session:
+            yield session
+    except policy.PolicyError as exc:
+        die(str(exc))
+    finally:
+        database.dispose()
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
+    workers: Annotated[int | None, typer.Option(help="In-process job workers.")] = None,
+) -> None:
+    """Run the API (and, without a broker, the job workers in this process)."""
+    import uvicorn
+
+    from conveyor.jobs.celery_app import BrokerUnavailable, wait_for_broker
+    from conveyor.runtime import Runtime
+    from conveyor.web.app import create_app
+
+    overrides = {"workers": workers} if workers else {}
+    settings = settings_or_die(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.auth == "none" and not is_loopback(host):
+        die(
+            f"CONVEYOR_AUTH=none only serves on loopback; {host} is not. "
+            "Use CONVEYOR_AUTH=token or proxy-header, or --host 127.0.0.1"
+        )
+    try:
+        runtime = Runtime.open(settings)
+        if settings.uses_broker:
+            wait_for_broker(settings)
+    except (DatabaseUnavailable, BrokerUnavailable) as exc:
+        die(str(exc))
+    except Exception as exc:  # archive or migration problems: one line, not a traceback
+        die(f"cannot start: {type(exc).__name__}: {exc}")
+    runtime.executor.start()
+    mode = (
+        "celery workers via broker"
+        if settings.uses_broker
+        else f"{settings.workers} in-process workers"
+    )
+    log.info("conveyor on http://%s:%s (%s; archive %s)", host, port, mode, runtime.archive.url)
+    try:
+        uvicorn.run(
+            create_app(runtime=runtime), host=host, port=port, log_config=None, access_log=False
+        )
+    finally:
+        runtime.close()
+
+
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once.")] = None,
+) -> None:
+    """Run a Celery worker (needs CONVEYOR_BROKER_URL)."""
+    from conveyor.jobs.celery_app import (
+        BrokerUnavailable,
+        bind_runtime,
+        celery_app,
+        wait_for_broker,
+    )
+    from conveyor.jobs.executors import Sweeper
+    from conveyor.runtime import Runtime
+
+    settings = settings_or_die()
+    configure_logging(settings.log_format, settings.log_level)
+    if not settings.uses_broker:
+        die("conveyor worker needs CONVEYOR_BROKER_URL (amqp://… or redis://…)")
+    try:
+        runtime = Runtime.open(settings)
+        wait_for_broker(settings)
+    except (DatabaseUnavailable, BrokerUnavailable) as exc:
+        die(str(exc))
+    bind_runtime(runtime)
+    sweeper = Sweeper(runtime, runtime.executor)
+    sweeper.start()
+    try:
+        celery_app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={concurrency or settings.workers}",
+                "--without-gossip",
+                "--without-mingle",
+                f"--loglevel={settings.log_level}",
+            ]
+        )
+    finally:
+        sweeper.stop()
+        runtime.close()
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending schema migration."""
+    settings = settings_or_die()
+    database = _database(settings)
+    out.print(f"database at revision {current_revision(database)}")
+    database.dispose()
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision (and whether it is the newest this code knows)."""
+    settings = settings_or_die()
+    database = Database(settings.database_url)
+    current = current_revision(database)
+    head = head_revision()
+    out.print(f"current {current}, newest {head}")
+    database.dispose()
+    if current != head:
+        raise typer.Exit(1)
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option(help="The user the token acts as.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Grant admin rights.")] = False,
+    label: Annotated[str, typer.Option(help="A note on what the token is for.")] = "",
+) -> None:
+    """Issue a token and print it (it is shown only this once)."""
+    with admin_session() as session:
+        issued = tokens.create_token(session, user, admin, label)
+    print_json(
+        {"id": issued.id, "user": issued.user, "admin": issued.admin, "token": issued.secret}
+    )
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[int, typer.Argument(help="The token's id.")]) -> None:
+    """Revoke a token at once."""
+    with admin_session() as session:
+        if not tokens.revoke_token(session, token_id):
+            die(f"token {token_id} does not exist or is already revoked")
+    out.print(f"token {token_id} revoked")
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """List tokens (never their secrets)."""
+    with admin_session() as session:
+        rows = [
+            {
+                "id": row.id,
+                "user": row.user_id,
+                "admin": row.admin,
+                "label": row.label,
+                "revoked": row.revoked_at is not None,
+            }
+            for row in tokens.list_tokens(session)
+        ]
+    print_json(rows)
+
+
+@project_app.command("add")
+def project_add(
+    project_id: Annotated[str, typer.Argument(help="The project's id.")],
+    title: Annotated[str, typer.Option(help="A title.")] = "",
+) -> None:
+    """Register a project."""
+    with admin_session() as session:
+        policy.add_project(session, project_id, title)
+        print_json(policy.describe_project(session, project_id))
+
+
+@instrument_app.command("add")
+def instrument_add(
+    instrument_id: Annotated[str, typer.Argument(help="The instrument's id.")],
+    project: Annotated[list[str], typer.Option(help="A project it delivers to (repeatable).")],
+    name: Annotated[str, typer.Option(help="A name.")] = "",
+) -> None:
+    """Register an instrument for one or more projects."""
+    with admin_session() as session:
+        policy.add_instrument(session, instrument_id, name, project)
+    print_json({"id": instrument_id, "projects": project})
+
+
+@user_app.command("add")
+def user_add(
+    user_id: Annotated[str, typer.Argument(help="The user's id.")],
+    project: Annotated[
+        list[str] | None, typer.Option(help="A project to join (repeatable).")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Make the user an admin.")] = False,
+) -> None:
+    """Register a user as a member of projects."""
+    with admin_session() as session:
+        policy.add_user(session, user_id, admin, project or [])
+    print_json({"id": user_id, "admin": admin, "projects": project or []})

@@ -1,0 +1,225 @@
+"""Tables. Domain packages own the logic; this module only says what is stored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from conveyor.db.types import BigId, UTCDateTime, utcnow
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with stable constraint names, so migrations stay portable."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Timestamped:
+    """Creation and update times, in UTC."""
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Job(Timestamped, Base):
+    """One unit of asynchronous work with its state machine, lease and errors."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    task: Mapped[str] = mapped_column(String(64), default="")
+    task_percent: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    transaction_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("transactions.id", ondelete="SET NULL"), default=None
+    )
+
+
+class StagedBlob(Base):
+    """A blob a job has written to the archive before its transaction exists."""
+
+    __tablename__ = "staged_blobs"
+    __table_args__ = (Index("ix_staged_blobs_job_id", "job_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    hashes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    mtime: Mapped[float | None] = mapped_column(Float, default=None)
+    created: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Transaction(Base):
+    """An immutable set of files with key-values, created whole or not at all."""
+
+    __tablename__ = "transactions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int | None] = mapped_column(BigInteger, unique=True, default=None)
+    origin: Mapped[str] = mapped_column(String(32), default="ingest")
+    submitter: Mapped[str] = mapped_column(String(255), index=True)
+    project: Mapped[str | None] = mapped_column(String(255), index=True, default=None)
+    instrument: Mapped[str | None] = mapped_column(String(255), default=None)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_size: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    key_values: Mapped[list[TransactionKeyValue]] = relationship(
+        back_populates="transaction", order_by="TransactionKeyValue.id"
+    )
+
+
+class TransactionKeyValue(Base):
+    """A key-value attached to a transaction."""
+
+    __tablename__ = "transaction_key_values"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("transactions.id", ondelete="CASCADE"), index=True
+    )
+    key: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(Text)
+
+    transaction: Mapped[Transaction] = relationship(back_populates="key_values")
+
+
+class File(Base):
+    """A blob at a path inside a transaction."""
+
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("transactions.id", ondelete="CASCADE"), index=True
+    )
+    subdir: Mapped[str] = mapped_column(Text, default="")
+    name: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    mimetype: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
+    mtime: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    ctime: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    hashtype: Mapped[str | None] = mapped_column(String(32), default=None)
+    hashsum: Mapped[str | None] = mapped_column(String(256), default=None)
+    source: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Project(Base):
+    """A project that transactions belong to."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Instrument(Base):
+    """An instrument that produces data for projects."""
+
+    __tablename__ = "instruments"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ProjectInstrument(Base):
+    """An instrument allowed to deliver data to a project."""
+
+    __tablename__ = "project_instruments"
+
+    project_id: Mapped[str] = mapped_column(
+        String(255), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    instrument_id: Mapped[str] = mapped_column(
+        String(255), ForeignKey("instruments.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class User(Base):
+    """A person or service account known to policy and auth."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ProjectMember(Base):
+    """A user who may submit data to a project."""
+
+    __tablename__ = "project_members"
+
+    project_id: Mapped[str] = mapped_column(
+        String(255), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        String(255), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class ApiToken(Base):
+    """An API token, stored only as its sha256."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("token_hash"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(255), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    label: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class OutboxEvent(Base):
+    """A CloudEvent written in the same database transaction as the change it reports."""
+
+    __tablename__ = "outbox_events"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    type: Mapped[str] = mapped_column(String(255), index=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    subject: Mapped[str | None] = mapped_column(String(1024), default=None)
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    data: Mapped[Any] = mapped_column(JSON)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

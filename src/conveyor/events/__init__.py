@@ -1,0 +1,1 @@
+"""CloudEvents, the outbox, subscriptions and deliveries."""

@@ -1,0 +1,55 @@
+"""The outbox: events written in the same database transaction as the change they report."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from conveyor.db.models import OutboxEvent
+from conveyor.db.types import utcnow
+
+
+@dataclass
+class Event:
+    """A CloudEvent 1.0 before it is stored."""
+
+    type: str
+    source: str
+    data: Any
+    subject: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: datetime = field(default_factory=utcnow)
+
+
+def record_event(session: Session, event: Event) -> OutboxEvent:
+    """Add ``event`` to the outbox in the caller's transaction; it exists only if that commits."""
+    row = OutboxEvent(
+        id=event.id,
+        type=event.type,
+        source=event.source,
+        subject=event.subject,
+        time=event.time,
+        data=event.data,
+    )
+    session.add(row)
+    return row
+
+
+def as_cloudevent(row: OutboxEvent) -> dict[str, Any]:
+    """The stored event in CloudEvents 1.0 structured JSON form."""
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": row.id,
+        "type": row.type,
+        "source": row.source,
+        "time": row.time.isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": row.data,
+    }
+    if row.subject:
+        event["subject"] = row.subject
+    return event

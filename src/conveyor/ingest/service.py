@@ -1,0 +1,247 @@
+"""Ingest: receiving bundles and move requests, and publishing their transactions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import IO, Any
+
+from sqlalchemy import delete, insert, update
+
+from conveyor.auth.principal import Principal
+from conveyor.db.models import File, Job, StagedBlob, Transaction, TransactionKeyValue
+from conveyor.db.types import utcnow
+from conveyor.events.outbox import record_event
+from conveyor.ingest import events
+from conveyor.ingest.bundle import (
+    UPLOAD_TASK as UPLOADING,
+)
+from conveyor.ingest.bundle import BundleError, BundleLimits, BundleReader, StagedMember
+from conveyor.ingest.metadata import BundleMetadata, MetadataError, parse_metadata
+from conveyor.ingest.staging import StagingBuffer, discard
+from conveyor.jobs import service as jobs
+from conveyor.jobs import states
+from conveyor.jobs.context import JobContext, LeaseLost
+from conveyor.observability import metrics
+from conveyor.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+KIND_INGEST = "ingest"
+KIND_MOVE = "move"
+PROGRESS_INTERVAL = 1.0
+
+
+def limits(runtime: Runtime) -> BundleLimits:
+    """The bundle limits from the settings."""
+    settings = runtime.settings
+    return BundleLimits(settings.max_members, settings.max_metadata_bytes, settings.max_name_bytes)
+
+
+def _payload(principal: Principal) -> dict[str, Any]:
+    return {"principal": principal.user, "authenticated": principal.authenticated}
+
+
+def start_upload(runtime: Runtime, principal: Principal) -> int:
+    """A new ingest job in the ``receiving`` state, before the first byte is read."""
+    with runtime.db.session() as session:
+        job = jobs.create_job(session, KIND_INGEST, principal.user, _payload(principal), UPLOADING)
+        job.state = states.RECEIVING
+        job_id = job.id
+    metrics.JOBS_SUBMITTED.labels(kind=KIND_INGEST).inc()
+    return job_id
+
+
+class _UploadProgress:
+    """Writes the upload's percent at most once a second."""
+
+    def __init__(self, runtime: Runtime, job_id: int, total: int | None) -> None:
+        self._runtime = runtime
+        self._job_id = job_id
+        self._total = total
+        self._done = 0
+        self._last = time.monotonic()
+
+    def add(self, size: int) -> None:
+        self._done += size
+        now = time.monotonic()
+        if now - self._last < PROGRESS_INTERVAL:
+            return
+        self._last = now
+        percent = min(99.0, 100.0 * self._done / self._total) if self._total else 0.0
+        with self._runtime.db.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == self._job_id)
+                .values(task_percent=round(percent, 1), updated_at=utcnow())
+            )
+
+
+def receive_bundle(
+    runtime: Runtime, job_id: int, stream: IO[bytes], content_length: int | None
+) -> None:
+    """Stream a bundle into the archive for ``job_id``, then queue the job or fail it.
+
+    Runs in the API process while the request body arrives; the bundle never touches a
+    local disk except as archive blobs.
+    """
+    staging = StagingBuffer(runtime.db, job_id)
+    upload = _UploadProgress(runtime, job_id, content_length)
+
+    def on_member(member: StagedMember) -> None:
+        staging.add(member)
+        upload.add(member.size)
+        metrics.INGEST_FILES.inc()
+        metrics.INGEST_BYTES.inc(member.size)
+
+    reader = BundleReader(runtime.archive, limits(runtime), on_member)
+    try:
+        summary = reader.read(stream)
+    except BundleError as failure:
+        staging.flush()
+        fail_received(runtime, job_id, failure.task, failure.message)
+        return
+    staging.flush()
+    with runtime.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.state = states.QUEUED
+        job.task_percent = 0.0
+        job.payload = {**job.payload, "metadata_sha256": summary.metadata_sha256}
+    runtime.submit(job_id)
+
+
+def fail_received(runtime: Runtime, job_id: int, task: str, message: str) -> None:
+    """End a job that failed while its bundle was arriving, and drop what it staged."""
+    with runtime.db.session() as session:
+        jobs.finish(session, job_id, states.FAILED, task=task, percent=0.0, error=message)
+    discard(runtime.db, runtime.archive, job_id)
+    log.info("ingest job %s failed at %r: %s", job_id, task, message)
+
+
+def submit_move(runtime: Runtime, principal: Principal, document: bytes) -> int:
+    """A queued move job for a metadata list whose files name ``source`` paths."""
+    stored = runtime.archive.put_bytes(document)
+    payload = {**_payload(principal), "metadata_sha256": stored.sha256}
+    with runtime.db.session() as session:
+        job = jobs.create_job(session, KIND_MOVE, principal.user, payload, UPLOADING)
+        job_id = job.id
+    metrics.JOBS_SUBMITTED.labels(kind=KIND_MOVE).inc()
+    runtime.submit(job_id)
+    return job_id
+
+
+def load_metadata(context: JobContext) -> BundleMetadata:
+    """Read and parse the job's stored ``metadata.txt`` (bounded by the configured limit)."""
+    runtime = context.runtime
+    sha256 = str(context.payload["metadata_sha256"])
+    size = runtime.archive.size(sha256) or 0
+    if size > runtime.settings.max_metadata_bytes:
+        raise MetadataError(
+            f"metadata is {size} bytes; the limit is {runtime.settings.max_metadata_bytes}"
+        )
+    with runtime.archive.open(sha256) as handle:
+        return parse_metadata(handle.read())
+
+
+def submitter_of(context: JobContext, metadata: BundleMetadata) -> str:
+    """The authenticated user when auth is on; otherwise who the metadata names."""
+    if context.payload.get("authenticated"):
+        return str(context.payload["principal"])
+    return metadata.submitter or str(context.payload.get("principal") or "")
+
+
+def publish(
+    context: JobContext,
+    metadata: BundleMetadata,
+    submitter: str,
+    staged: dict[str, StagedBlob],
+) -> int:
+    """Create the transaction, its files, key-values and event, and end the job: all or nothing."""
+    runtime = context.runtime
+    runtime.archive.sync()
+    project = metadata.project or ""
+    with runtime.db.session() as session:
+        held = session.execute(
+            update(Job)
+            .where(Job.id == context.job_id, Job.lease_owner == context.worker)
+            .where(Job.state == states.RUNNING)
+            .values(updated_at=utcnow())
+        )
+        if not held.rowcount:  # type: ignore[attr-defined]
+            raise LeaseLost(f"job {context.job_id} lease lost before publishing")
+        transaction = Transaction(
+            job_id=context.job_id,
+            origin=context.kind,
+            submitter=submitter,
+            project=project,
+            instrument=metadata.instrument,
+            owner=submitter,
+            file_count=len(metadata.files),
+            total_size=sum(entry.size for entry in metadata.files),
+        )
+        session.add(transaction)
+        session.flush()
+        if metadata.key_values:
+            session.execute(
+                insert(TransactionKeyValue),
+                [
+                    {"transaction_id": transaction.id, "key": key, "value": value}
+                    for key, value in metadata.key_values
+                ],
+            )
+        rows = [
+            {
+                "transaction_id": transaction.id,
+                "subdir": entry.subdir,
+                "name": entry.name,
+                "size": entry.size,
+                "sha256": staged[entry.key].sha256,
+                "mimetype": entry.mimetype,
+                "mtime": entry.mtime,
+                "ctime": entry.ctime,
+                "hashtype": entry.hashtype,
+                "hashsum": entry.hashsum,
+                "source": entry.source,
+            }
+            for entry in metadata.files
+        ]
+        file_ids = (
+            list(
+                session.scalars(insert(File).returning(File.id, sort_by_parameter_order=True), rows)
+            )
+            if rows
+            else []
+        )
+        if runtime.settings.policy == "open":
+            from conveyor.ingest.policy import record_names
+
+            record_names(session, submitter, project, metadata.instrument)
+        record_event(
+            session,
+            events.ingest_event(transaction, metadata, file_ids),
+        )
+        session.execute(delete(StagedBlob).where(StagedBlob.job_id == context.job_id))
+        jobs.finish(
+            session,
+            context.job_id,
+            states.SUCCEEDED,
+            task="ingest metadata",
+            percent=100.0,
+            transaction_id=transaction.id,
+        )
+        transaction_id = transaction.id
+    metrics.TRANSACTIONS.labels(origin=context.kind).inc()
+    log.info(
+        "job %s published transaction %s (%d files)",
+        context.job_id,
+        transaction_id,
+        len(metadata.files),
+    )
+    return transaction_id
+
+
+def metadata_json(document: Any) -> bytes:
+    """A metadata list as the bytes a move job stores."""
+    return json.dumps(document).encode()

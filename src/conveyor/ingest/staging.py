@@ -1,0 +1,84 @@
+"""Blobs a job has written before its transaction exists: recording and discarding them."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import delete, insert, select
+
+from conveyor.db.engine import Database
+from conveyor.db.models import File, StagedBlob
+from conveyor.ingest.bundle import StagedMember
+from conveyor.storage.archive import Archive
+from conveyor.storage.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+class StagingBuffer:
+    """Collects staged members and writes them to the database in batches."""
+
+    def __init__(self, db: Database, job_id: int) -> None:
+        self._db = db
+        self._job_id = job_id
+        self._pending: list[dict[str, object]] = []
+
+    def add(self, member: StagedMember, created: bool = True) -> None:
+        """Remember one staged member; flushes every :data:`BATCH` members."""
+        self._pending.append(
+            {
+                "job_id": self._job_id,
+                "name": member.key,
+                "sha256": member.sha256,
+                "size": member.size,
+                "hashes": member.hashes,
+                "mtime": member.mtime,
+                "created": created,
+            }
+        )
+        if len(self._pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending."""
+        if not self._pending:
+            return
+        with self._db.session() as session:
+            session.execute(insert(StagedBlob), self._pending)
+        self._pending = []
+
+
+def staged_members(db: Database, job_id: int) -> dict[str, StagedBlob]:
+    """The job's staged blobs by normalised path."""
+    with db.session() as session:
+        rows = session.scalars(select(StagedBlob).where(StagedBlob.job_id == job_id))
+        return {row.name: row for row in rows}
+
+
+def discard(db: Database, archive: Archive, job_id: int) -> int:
+    """Forget a failed job's staged blobs and delete those nothing else refers to."""
+    with db.session() as session:
+        created = set(
+            session.scalars(
+                select(StagedBlob.sha256).where(
+                    StagedBlob.job_id == job_id, StagedBlob.created.is_(True)
+                )
+            )
+        )
+        session.execute(delete(StagedBlob).where(StagedBlob.job_id == job_id))
+    removed = 0
+    for sha256 in created:
+        with db.session() as session:
+            in_file = session.scalar(select(File.id).where(File.sha256 == sha256).limit(1))
+            staged = session.scalar(
+                select(StagedBlob.id).where(StagedBlob.sha256 == sha256).limit(1)
+            )
+        if in_file is None and staged is None:
+            try:
+                archive.delete(sha256)
+                removed += 1
+            except ArchiveError:
+                log.warning("could not delete orphan blob %s", sha256, exc_info=True)
+    return removed

@@ -1,0 +1,136 @@
+"""Executors: where jobs run. Inline (tests), a local thread pool (embedded) or Celery.
+
+Every executor only *wakes* workers; the job rows decide what runs. A sweeper hands
+over jobs that were never dispatched or whose worker died (their lease expired).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from conveyor.jobs import service
+from conveyor.jobs.runner import run_job
+
+if TYPE_CHECKING:
+    from conveyor.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# How long a dispatched job may wait in a queue before the sweeper sends it again.
+DISPATCH_GRACE_SECONDS = 300.0
+
+
+class Executor(ABC):
+    """Hands job ids to workers."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @abstractmethod
+    def submit(self, job_id: int) -> None:
+        """Make sure a worker will try to run ``job_id``."""
+
+    def start(self) -> None:
+        """Start whatever runs in the background."""
+
+    def shutdown(self) -> None:
+        """Stop background work, letting running jobs finish."""
+
+
+class InlineExecutor(Executor):
+    """Runs each job at once in the submitting thread (tests, and `--inline` tools)."""
+
+    def submit(self, job_id: int) -> None:
+        """Run the job now."""
+        run_job(self.runtime, job_id)
+
+
+class Sweeper:
+    """Re-dispatches due jobs every ``sweep_seconds``: never sent, retried, or orphaned."""
+
+    def __init__(self, runtime: Runtime, executor: Executor) -> None:
+        self._runtime = runtime
+        self._executor = executor
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-sweeper", daemon=True)
+
+    def start(self) -> None:
+        """Begin sweeping."""
+        self._thread.start()
+
+    def sweep(self) -> int:
+        """Dispatch every due job once; the number dispatched."""
+        due = service.due_jobs(self._runtime.db)
+        service.mark_dispatched(self._runtime.db, due, DISPATCH_GRACE_SECONDS)
+        for job_id in due:
+            self._executor.submit(job_id)
+        return len(due)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._runtime.settings.sweep_seconds):
+            try:
+                count = self.sweep()
+                if count:
+                    log.info("sweeper dispatched %d job(s)", count)
+            except Exception:  # the database may be briefly away; try on the next tick
+                log.warning("job sweep failed", exc_info=True)
+
+    def stop(self) -> None:
+        """Stop sweeping."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+class LocalExecutor(Executor):
+    """A pool of worker threads in this process, plus the sweeper."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        self._pool = ThreadPoolExecutor(runtime.settings.workers, thread_name_prefix="job")
+        self._sweeper = Sweeper(runtime, self)
+
+    def submit(self, job_id: int) -> None:
+        """Queue the job on the pool."""
+        self._pool.submit(self._run, job_id)
+
+    def _run(self, job_id: int) -> None:
+        try:
+            run_job(self.runtime, job_id)
+        except Exception:  # the row keeps the job; the sweeper will offer it again
+            log.exception("job %s could not be run", job_id)
+
+    def start(self) -> None:
+        """Start the sweeper, which also picks up jobs left over from a previous run."""
+        self._sweeper.start()
+
+    def shutdown(self) -> None:
+        """Stop sweeping and wait for running jobs."""
+        self._sweeper.stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class CeleryExecutor(Executor):
+    """Sends job ids to Celery workers over RabbitMQ or Redis."""
+
+    def submit(self, job_id: int) -> None:
+        """Publish a message that wakes one worker."""
+        from conveyor.jobs.celery_app import RUN_JOB, celery_app
+
+        celery_app.send_task(RUN_JOB, args=[job_id])
+
+
+def make_executor(runtime: Runtime, inline: bool = False) -> Executor:
+    """The executor the settings ask for: Celery with a broker URL, else the local pool."""
+    if inline:
+        return InlineExecutor(runtime)
+    if runtime.settings.uses_broker:
+        from conveyor.jobs.celery_app import configure_celery
+
+        configure_celery(runtime.settings)
+        return CeleryExecutor(runtime)
+    return LocalExecutor(runtime)

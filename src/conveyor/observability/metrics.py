@@ -1,0 +1,17 @@
+"""Prometheus metrics shared by the API and the workers."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+JOBS_RUN = Counter("conveyor_jobs_run_total", "Job runs finished by this process", ["kind"])
+JOBS_SUBMITTED = Counter("conveyor_jobs_submitted_total", "Jobs created", ["kind"])
+INGEST_BYTES = Counter("conveyor_ingest_bytes_total", "Bytes written to the archive by ingest")
+INGEST_FILES = Counter("conveyor_ingest_files_total", "Files written to the archive by ingest")
+TRANSACTIONS = Counter("conveyor_transactions_total", "Transactions created", ["origin"])
+HTTP_REQUESTS = Histogram(
+    "conveyor_http_request_seconds",
+    "HTTP request durations",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)

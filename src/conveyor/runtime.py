@@ -1,0 +1,54 @@
+"""The runtime: settings, database, archive and executor, opened once per process."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+
+from conveyor.config import Settings
+from conveyor.db.engine import Database
+from conveyor.db.migrate import upgrade
+from conveyor.jobs.executors import Executor, make_executor
+from conveyor.storage.archive import Archive, open_archive
+
+log = logging.getLogger(__name__)
+
+# Modules that register job handlers; importing them is what makes their jobs runnable.
+JOB_MODULES = ("conveyor.ingest.jobs",)
+
+
+@dataclass
+class Runtime:
+    """Everything a request handler or a job needs, with one lifetime."""
+
+    settings: Settings
+    db: Database
+    archive: Archive
+    executor: Executor = field(init=False)
+
+    @classmethod
+    def open(cls, settings: Settings, *, migrate: bool = True, inline: bool = False) -> Runtime:
+        """Connect to the database (waiting for it), migrate, open the archive, pick an executor."""
+        for module in JOB_MODULES:
+            importlib.import_module(module)
+        db = Database(settings.database_url)
+        db.wait_until_ready(settings.db_connect_attempts, settings.db_connect_wait)
+        if migrate:
+            upgrade(db)
+        archive = open_archive(settings.archive_url)
+        runtime = cls(settings=settings, db=db, archive=archive)
+        runtime.executor = make_executor(runtime, inline=inline)
+        return runtime
+
+    def submit(self, job_id: int) -> None:
+        """Hand a committed job to the executor; the sweeper covers a failed hand-over."""
+        try:
+            self.executor.submit(job_id)
+        except Exception:
+            log.warning("could not dispatch job %s now; the sweeper will", job_id, exc_info=True)
+
+    def close(self) -> None:
+        """Stop the executor and close connections."""
+        self.executor.shutdown()
+        self.db.dispose()

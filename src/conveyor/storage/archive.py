@@ -1,0 +1,197 @@
+"""The archive: blobs named by their sha256, written atomically and verified.
+
+A writer streams bytes to a temporary key while hashing them, checks the size it wrote
+against what the store holds, then publishes the blob under ``blobs/aa/bb/<sha256>``. A blob
+that is already there is not written twice. Nothing a reader can see is ever partial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import IO, Any
+
+from conveyor.storage.errors import ArchiveError, BlobNotFound
+from conveyor.storage.stores import BlobStore, open_store
+
+CHUNK_SIZE = 1024 * 1024
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """What the archive holds after a write: the blob's name, size and the hashes asked for."""
+
+    sha256: str
+    size: int
+    hashes: dict[str, str] = field(default_factory=dict)
+    created: bool = True
+
+
+def blob_key(sha256: str) -> str:
+    """The store key of a blob."""
+    if not SHA256_PATTERN.fullmatch(sha256):
+        raise ArchiveError(f"{sha256!r} is not a sha256 hex digest")
+    return f"blobs/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+class BlobWriter:
+    """Streams one blob into the archive; use as a context manager, then read :attr:`result`."""
+
+    def __init__(self, archive: Archive, extra_hashes: Iterable[str] = ()) -> None:
+        self._archive = archive
+        self._temp_key = f"tmp/{uuid.uuid4().hex}"
+        self._sha256 = hashlib.sha256()
+        self._extra = {name: hashlib.new(name) for name in extra_hashes if name != "sha256"}
+        self._size = 0
+        self._file: IO[bytes] | None = None
+        self.result: StoredBlob | None = None
+
+    def __enter__(self) -> BlobWriter:
+        try:
+            self._file = self._archive.store.open_write(self._temp_key)
+        except OSError as exc:
+            raise ArchiveError(f"cannot write to the archive: {exc}") from exc
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk`` and hash it."""
+        assert self._file is not None, "BlobWriter used outside its context"
+        self._sha256.update(chunk)
+        for hasher in self._extra.values():
+            hasher.update(chunk)
+        self._size += len(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as exc:
+            raise ArchiveError(f"cannot write to the archive: {exc}") from exc
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._file is not None
+        try:
+            self._file.close()
+        except OSError as close_error:
+            self._archive.store.delete(self._temp_key)
+            if exc is None:
+                raise ArchiveError(f"cannot write to the archive: {close_error}") from close_error
+        if exc is not None:
+            self._archive.store.delete(self._temp_key)
+            return
+        self.result = self._publish()
+
+    def _publish(self) -> StoredBlob:
+        store = self._archive.store
+        written = store.size(self._temp_key)
+        if written != self._size:
+            store.delete(self._temp_key)
+            raise ArchiveError(f"the archive holds {written} bytes of a {self._size}-byte write")
+        digest = self._sha256.hexdigest()
+        hashes = {name: hasher.hexdigest() for name, hasher in self._extra.items()}
+        hashes["sha256"] = digest
+        final = blob_key(digest)
+        if store.size(final) == self._size:
+            store.delete(self._temp_key)
+            return StoredBlob(digest, self._size, hashes, created=False)
+        try:
+            store.publish(self._temp_key, final)
+        except OSError as exc:
+            store.delete(self._temp_key)
+            raise ArchiveError(f"cannot publish blob {digest}: {exc}") from exc
+        return StoredBlob(digest, self._size, hashes, created=True)
+
+
+class Archive:
+    """Content-addressed blobs in one :class:`BlobStore`."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    @property
+    def url(self) -> str:
+        """Where the blobs live."""
+        return self.store.url
+
+    def writer(self, extra_hashes: Iterable[str] = ()) -> BlobWriter:
+        """A writer for one new blob that also computes ``extra_hashes`` (hashlib names)."""
+        return BlobWriter(self, extra_hashes)
+
+    def put_chunks(self, chunks: Iterable[bytes], extra_hashes: Iterable[str] = ()) -> StoredBlob:
+        """Store the concatenation of ``chunks``."""
+        with self.writer(extra_hashes) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+        assert writer.result is not None
+        return writer.result
+
+    def put_bytes(self, data: bytes) -> StoredBlob:
+        """Store a small blob held in memory."""
+        return self.put_chunks([data])
+
+    def size(self, sha256: str) -> int | None:
+        """The blob's size, or ``None`` when the archive does not hold it."""
+        return self.store.size(blob_key(sha256))
+
+    def exists(self, sha256: str) -> bool:
+        """True when the archive holds the blob."""
+        return self.size(sha256) is not None
+
+    def open(self, sha256: str) -> IO[bytes]:
+        """The blob as a seekable binary file."""
+        try:
+            return self.store.open_read(blob_key(sha256))
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {sha256} is not in the archive") from None
+
+    def read_range(
+        self, sha256: str, start: int = 0, end: int | None = None, chunk_size: int = CHUNK_SIZE
+    ) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of the blob, in chunks."""
+        with self.open(sha256) as handle:
+            if start:
+                handle.seek(start)
+            remaining = None if end is None else max(0, end - start)
+            while remaining is None or remaining > 0:
+                want = chunk_size if remaining is None else min(chunk_size, remaining)
+                chunk = handle.read(want)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    def delete(self, sha256: str) -> None:
+        """Remove the blob; the caller has made sure nothing references it."""
+        self.store.delete(blob_key(sha256))
+
+    def blobs(self) -> Iterator[str]:
+        """The sha256 of every blob, streamed."""
+        for key in self.store.keys("blobs"):
+            name = key.rsplit("/", 1)[-1]
+            if SHA256_PATTERN.fullmatch(name):
+                yield name
+
+    def sync(self) -> None:
+        """Make every blob written so far durable before a transaction refers to it."""
+        self.store.sync()
+
+    def ping(self) -> None:
+        """Raise :class:`ArchiveError` when the archive cannot be reached."""
+        self.store.ping()
+
+    def describe(self) -> dict[str, Any]:
+        """What to show an operator about this archive."""
+        return {"url": self.url, "backend": type(self.store).__name__}
+
+
+def open_archive(url: str) -> Archive:
+    """The archive at ``url`` (``file://``, ``memory://``, ``s3://``, ``gs://``)."""
+    return Archive(open_store(url))

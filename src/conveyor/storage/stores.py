@@ -1,0 +1,194 @@
+"""Blob stores: one narrow interface over fsspec, a registry by URL scheme.
+
+A store only knows keys and bytes; :class:`conveyor.storage.archive.Archive` adds content
+addressing, hashing and verification on top, identically for every backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
+
+import fsspec
+
+from conveyor.storage.errors import ArchiveError
+
+# Large enough for S3 multipart parts (minimum 5 MiB), small enough to bound memory per writer.
+WRITE_BLOCK_SIZE = 8 * 1024 * 1024
+READ_BLOCK_SIZE = 4 * 1024 * 1024
+
+
+class BlobStore:
+    """Keys and bytes in one fsspec filesystem under a root path."""
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, url: str, fs: Any, root: str) -> None:
+        self.url = url
+        self.fs = fs
+        self.root = root.rstrip("/")
+
+    def path(self, key: str) -> str:
+        """The filesystem path of ``key``."""
+        return f"{self.root}/{key}"
+
+    def open_write(self, key: str) -> IO[bytes]:
+        """A new object at ``key``, written sequentially."""
+        self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
+        return self.fs.open(self.path(key), "wb", block_size=WRITE_BLOCK_SIZE)  # type: ignore[no-any-return]
+
+    def open_read(self, key: str) -> IO[bytes]:
+        """The object at ``key``, seekable."""
+        return self.fs.open(self.path(key), "rb", block_size=READ_BLOCK_SIZE)  # type: ignore[no-any-return]
+
+    def size(self, key: str) -> int | None:
+        """The object's size, or ``None`` when there is none."""
+        try:
+            return int(self.fs.size(self.path(key)))
+        except FileNotFoundError:
+            return None
+
+    def publish(self, temp_key: str, final_key: str) -> None:
+        """Move a finished temporary object to its final key in one step."""
+        final = self.path(final_key)
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(self.path(temp_key), final)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+        try:
+            self.fs.rm(self.path(key))
+        except FileNotFoundError:
+            return
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix``, without listing everything into memory at once."""
+        base = self.path(prefix).rstrip("/")
+        if not self.fs.exists(base):
+            return
+        for directory, _dirs, files in self.fs.walk(base):
+            rel = directory[len(self.root) :].strip("/") if directory.startswith(self.root) else ""
+            for name in files:
+                yield f"{rel}/{name}" if rel else name
+
+    def local_path(self, key: str) -> Path | None:
+        """A path on this machine holding the object, when the store is a local folder."""
+        return None
+
+    def sync(self) -> None:
+        """Make everything written so far durable (a no-op where writes are durable on close)."""
+
+    def ping(self) -> None:
+        """Raise :class:`ArchiveError` when the store cannot be reached."""
+        try:
+            self.fs.ls(self.root.split("/", 1)[0] if self.root else "/", detail=False)
+        except Exception as exc:
+            raise ArchiveError(f"archive {self.url} is not reachable: {exc}") from exc
+
+
+class LocalStore(BlobStore):
+    """A folder on this machine; publishing is an atomic rename on the same filesystem."""
+
+    schemes = ("file", "")
+
+    def __init__(self, url: str, fs: Any, root: str) -> None:
+        super().__init__(url, fs, root)
+        Path(root).mkdir(parents=True, exist_ok=True)
+
+    def open_write(self, key: str) -> IO[bytes]:
+        """A plain file: fsspec adds nothing here but a layer per write."""
+        target = Path(self.path(key))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target.open("wb")
+
+    def open_read(self, key: str) -> IO[bytes]:
+        """A plain file, opened for reading."""
+        return Path(self.path(key)).open("rb")
+
+    def publish(self, temp_key: str, final_key: str) -> None:
+        """Rename, which on one filesystem is atomic and never exposes a partial file."""
+        final = Path(self.path(final_key))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        Path(self.path(temp_key)).replace(final)
+
+    def local_path(self, key: str) -> Path | None:
+        """The file itself."""
+        return Path(self.path(key))
+
+    def sync(self) -> None:
+        """One filesystem-wide flush instead of an fsync per blob: ingest writes thousands."""
+        os.sync()
+
+    def ping(self) -> None:
+        """A local folder is reachable when it exists and can be written."""
+        if not os.access(self.root, os.W_OK):
+            raise ArchiveError(f"archive folder {self.root} is not writable")
+
+
+class MemoryStore(BlobStore):
+    """fsspec's in-memory filesystem: for tests and throwaway servers."""
+
+    schemes = ("memory",)
+
+    def ping(self) -> None:
+        """Always reachable."""
+
+
+class S3Store(BlobStore):
+    """An S3 bucket (or prefix); publishing is a server-side copy, which is atomic."""
+
+    schemes = ("s3", "s3a")
+
+
+class GCSStore(BlobStore):
+    """A Google Cloud Storage bucket (or prefix); publishing is a server-side rewrite."""
+
+    schemes = ("gs", "gcs")
+
+
+STORE_TYPES: dict[str, type[BlobStore]] = {}
+StoreFactory = Callable[[str], BlobStore]
+
+
+def register_store(store_type: type[BlobStore]) -> None:
+    """Make ``store_type`` answer for its URL schemes."""
+    for scheme in store_type.schemes:
+        STORE_TYPES[scheme] = store_type
+
+
+for _store_type in (LocalStore, MemoryStore, S3Store, GCSStore):
+    register_store(_store_type)
+
+
+def _options(scheme: str, query: str) -> dict[str, Any]:
+    """Storage options from the URL's query string (``?endpoint_url=…&region=…``)."""
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=False):
+        if scheme in ("s3", "s3a") and key in ("endpoint_url", "region"):
+            client_key = "region_name" if key == "region" else key
+            options.setdefault("client_kwargs", {})[client_key] = value
+        else:
+            options[key] = value
+    return options
+
+
+def open_store(url: str) -> BlobStore:
+    """The store for ``url``, chosen by its scheme."""
+    parts = urlsplit(url)
+    store_type = STORE_TYPES.get(parts.scheme)
+    if store_type is None:
+        known = ", ".join(sorted(s for s in STORE_TYPES if s))
+        raise ArchiveError(f"archive URL {url!r} has an unknown scheme; use one of {known}")
+    if store_type is LocalStore:
+        root = str(Path(parts.path if parts.scheme else url).absolute())
+        return LocalStore(url, fsspec.filesystem("file"), root)
+    options = _options(parts.scheme, parts.query)
+    bare = parts._replace(query="").geturl()
+    try:
+        fs, root = fsspec.core.url_to_fs(bare, **options)
+    except (ImportError, ValueError, TypeError) as exc:
+        raise ArchiveError(f"archive URL {bare!r} cannot be opened: {exc}") from exc
+    return store_type(url, fs, str(root))

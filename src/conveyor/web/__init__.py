@@ -1,0 +1,1 @@
+"""The HTTP API: native /api/v1, Pacifica-compatible mounts, health and metrics."""

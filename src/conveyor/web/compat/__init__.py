@@ -1,0 +1,1 @@
+"""Mounts that speak the published Pacifica services' HTTP contracts."""

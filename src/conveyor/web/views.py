@@ -1,0 +1,85 @@
+"""JSON shapes of jobs, transactions and files, native and Pacifica."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from conveyor.db.models import File, Job, Transaction
+from conveyor.jobs import states
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job in the native API."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "task": job.task,
+        "task_percent": job.task_percent,
+        "complete": job.state in states.FINISHED,
+        "error": job.error,
+        "item_errors": job.item_errors,
+        "attempts": job.attempts,
+        "owner": job.owner,
+        "transaction_id": job.transaction_id,
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def _pacifica_time(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def pacifica_state(job: Job) -> dict[str, Any]:
+    """A job as the published ingest service's ``get_state`` answers it."""
+    failed = job.state in (states.FAILED, states.CANCELLED)
+    return {
+        "job_id": job.id,
+        "state": "FAILED" if failed else "OK",
+        "task": job.task,
+        "task_percent": str(float(job.task_percent)),
+        "complete": job.state in states.FINISHED,
+        "updated": _pacifica_time(job.updated_at),
+        "created": _pacifica_time(job.created_at),
+        "exception": job.error if failed else "",
+    }
+
+
+def file_view(row: File) -> dict[str, Any]:
+    """A file in the native API."""
+    return {
+        "id": row.id,
+        "transaction_id": row.transaction_id,
+        "subdir": row.subdir,
+        "name": row.name,
+        "size": row.size,
+        "sha256": row.sha256,
+        "mimetype": row.mimetype,
+        "mtime": _iso(row.mtime),
+        "ctime": _iso(row.ctime),
+        "hashtype": row.hashtype,
+        "hashsum": row.hashsum,
+    }
+
+
+def transaction_view(row: Transaction) -> dict[str, Any]:
+    """A transaction in the native API, without its files."""
+    return {
+        "id": row.id,
+        "origin": row.origin,
+        "submitter": row.submitter,
+        "project": row.project,
+        "instrument": row.instrument,
+        "job_id": row.job_id,
+        "created_at": _iso(row.created_at),
+        "file_count": row.file_count,
+        "total_size": row.total_size,
+        "key_values": [{"key": kv.key, "value": kv.value} for kv in row.key_values],
+    }

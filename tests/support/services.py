@@ -1,0 +1,84 @@
+"""Finding the real services a test needs: skip with a reason locally, fail under CI=true."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> None:
+    """Skip the test, or fail it when CI promised every service would be there."""
+    if IN_CI:
+        pytest.fail(f"required service missing under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_tcp(name: str, host: str, port: int) -> None:
+    """Skip or fail unless ``name`` listens at host:port."""
+    if not tcp_open(host, port):
+        missing(f"{name} is not listening on {host}:{port}")
+
+
+def require_command(name: str) -> str:
+    """The path of an executable, or skip/fail when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        missing(f"{name} is not installed")
+    assert path is not None
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(
+    argv: Sequence[str], port: int, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.Popen[bytes]:
+    """Start a server process and wait until its port accepts connections."""
+    process = subprocess.Popen(
+        list(argv),
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            pytest.fail(f"{argv[0]} exited with {process.returncode}: {err[-2000:]}")
+        if tcp_open("127.0.0.1", port, timeout=0.2):
+            return process
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"{argv[0]} did not listen on port {port} within {timeout:.0f} s")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a server started by :func:`start_server` and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
