@@ -60,6 +60,7 @@ class BundleSummary:
 
     metadata: BundleMetadata | None = None
     metadata_sha256: str | None = None
+    metadata_created: bool = False
     members: int = 0
     files: int = 0
     bytes: int = 0
@@ -169,6 +170,7 @@ class BundleReader:
             raise BundleError("ingest files", f"{METADATA_NAME}: {exc}") from None
         self.summary.metadata = metadata
         self.summary.metadata_sha256 = stored.sha256
+        self.summary.metadata_created = stored.created
         self._declared = {e.key: e.hashtype for e in metadata.files if e.hashtype}
 
     def _store(self, archive_file: tarfile.TarFile, member: tarfile.TarInfo, key: str) -> None:

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import IO, Any
 
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, select, update
 
 from conveyor.auth.principal import Principal
 from conveyor.db.models import File, Job, StagedBlob, Transaction, TransactionKeyValue
@@ -19,7 +19,13 @@ from conveyor.ingest.bundle import (
 )
 from conveyor.ingest.bundle import BundleError, BundleLimits, BundleReader, StagedMember
 from conveyor.ingest.metadata import BundleMetadata, MetadataError, parse_metadata
-from conveyor.ingest.staging import StagingBuffer, discard
+from conveyor.ingest.staging import (
+    METADATA_KEY,
+    StagingBuffer,
+    delete_unreferenced,
+    discard,
+    stage_metadata,
+)
 from conveyor.jobs import service as jobs
 from conveyor.jobs import states
 from conveyor.jobs.context import JobContext, LeaseLost
@@ -100,9 +106,11 @@ def receive_bundle(
         summary = reader.read(stream)
     except BundleError as failure:
         staging.flush()
+        _stage_metadata_of(runtime, job_id, reader)
         fail_received(runtime, job_id, failure.task, failure.message)
         return
     staging.flush()
+    _stage_metadata_of(runtime, job_id, reader)
     with runtime.db.session() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -110,6 +118,13 @@ def receive_bundle(
         job.task_percent = 0.0
         job.payload = {**job.payload, "metadata_sha256": summary.metadata_sha256}
     runtime.submit(job_id)
+
+
+def _stage_metadata_of(runtime: Runtime, job_id: int, reader: BundleReader) -> None:
+    summary = reader.summary
+    if summary.metadata_sha256 is not None:
+        size = runtime.archive.size(summary.metadata_sha256) or 0
+        stage_metadata(runtime.db, job_id, summary.metadata_sha256, size, summary.metadata_created)
 
 
 def fail_received(runtime: Runtime, job_id: int, task: str, message: str) -> None:
@@ -127,6 +142,7 @@ def submit_move(runtime: Runtime, principal: Principal, document: bytes) -> int:
     with runtime.db.session() as session:
         job = jobs.create_job(session, KIND_MOVE, principal.user, payload, UPLOADING)
         job_id = job.id
+    stage_metadata(runtime.db, job_id, stored.sha256, stored.size, stored.created)
     metrics.JOBS_SUBMITTED.labels(kind=KIND_MOVE).inc()
     runtime.submit(job_id)
     return job_id
@@ -222,6 +238,15 @@ def publish(
             session,
             events.ingest_event(transaction, metadata, file_ids),
         )
+        spent = set(
+            session.scalars(
+                select(StagedBlob.sha256).where(
+                    StagedBlob.job_id == context.job_id,
+                    StagedBlob.name == METADATA_KEY,
+                    StagedBlob.created.is_(True),
+                )
+            )
+        )
         session.execute(delete(StagedBlob).where(StagedBlob.job_id == context.job_id))
         jobs.finish(
             session,
@@ -232,6 +257,8 @@ def publish(
             transaction_id=transaction.id,
         )
         transaction_id = transaction.id
+    # The metadata document lives on in the transaction's rows and event; its blob is spent.
+    delete_unreferenced(runtime.db, runtime.archive, spent)
     metrics.TRANSACTIONS.labels(origin=context.kind).inc()
     log.info(
         "job %s published transaction %s (%d files)",

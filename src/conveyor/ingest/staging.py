@@ -15,6 +15,8 @@ from conveyor.storage.errors import ArchiveError
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+# The staged row of a job's metadata document; no file key can start with "/".
+METADATA_KEY = "/metadata.txt"
 
 
 class StagingBuffer:
@@ -50,10 +52,20 @@ class StagingBuffer:
         self._pending = []
 
 
-def staged_members(db: Database, job_id: int) -> dict[str, StagedBlob]:
-    """The job's staged blobs by normalised path."""
+def stage_metadata(db: Database, job_id: int, sha256: str, size: int, created: bool) -> None:
+    """Remember the job's metadata document, so a failed job's copy is cleaned up too."""
     with db.session() as session:
-        rows = session.scalars(select(StagedBlob).where(StagedBlob.job_id == job_id))
+        session.add(
+            StagedBlob(job_id=job_id, name=METADATA_KEY, sha256=sha256, size=size, created=created)
+        )
+
+
+def staged_members(db: Database, job_id: int) -> dict[str, StagedBlob]:
+    """The job's staged files by normalised path (its metadata document excluded)."""
+    with db.session() as session:
+        rows = session.scalars(
+            select(StagedBlob).where(StagedBlob.job_id == job_id, StagedBlob.name != METADATA_KEY)
+        )
         return {row.name: row for row in rows}
 
 
@@ -68,8 +80,13 @@ def discard(db: Database, archive: Archive, job_id: int) -> int:
             )
         )
         session.execute(delete(StagedBlob).where(StagedBlob.job_id == job_id))
+    return delete_unreferenced(db, archive, created)
+
+
+def delete_unreferenced(db: Database, archive: Archive, candidates: set[str]) -> int:
+    """Delete the blobs among ``candidates`` that no file and no staging job refers to."""
     removed = 0
-    for sha256 in created:
+    for sha256 in candidates:
         with db.session() as session:
             in_file = session.scalar(select(File.id).where(File.sha256 == sha256).limit(1))
             staged = session.scalar(
