@@ -1,0 +1,117 @@
+"""The `conveyor` command: refusals at start-up, admin verbs, and the upload client."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import CONVEYOR, conveyor_env, running_server
+from tests.support.services import free_port
+
+
+def run(
+    data_dir: Path, *args: str, timeout: float = 60, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CONVEYOR, *args],
+        env=conveyor_env(data_dir, **settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_auth_none_is_refused_off_loopback(tmp_path: Path) -> None:
+    result = run(tmp_path, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "only serves on loopback" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_configuration_is_one_line(tmp_path: Path) -> None:
+    result = run(tmp_path, "serve", auth="sometimes")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "CONVEYOR_AUTH" in lines[0]
+
+
+def test_unreachable_database_is_waited_for_then_reported(tmp_path: Path) -> None:
+    port = free_port()
+    started = time.monotonic()
+    result = run(
+        tmp_path,
+        "serve",
+        database_url=f"postgresql://nobody@127.0.0.1:{port}/none",
+        db_connect_attempts="3",
+        db_connect_wait="0.5",
+    )
+    assert result.returncode == 2
+    assert time.monotonic() - started >= 1.0  # two waits between three attempts
+    assert "unreachable after 3 attempts" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_admin_verbs_and_upload_against_a_running_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    settings = {"auth": "token", "policy": "strict"}
+    assert run(data, "admin", "project", "add", "p1", **settings).returncode == 0
+    assert (
+        run(data, "admin", "instrument", "add", "i1", "--project", "p1", **settings).returncode == 0
+    )
+    assert run(data, "admin", "user", "add", "alice", "--project", "p1", **settings).returncode == 0
+    orphan = run(data, "admin", "user", "add", "bob", "--project", "nope", **settings)
+    assert orphan.returncode == 2
+    assert "not registered" in orphan.stderr
+    made = run(data, "admin", "token", "create", "--user", "alice", **settings)
+    assert made.returncode == 0, made.stderr
+    import json
+
+    token = json.loads(made.stdout)["token"]
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    (payload / "a.txt").write_text("alpha\n")
+    (payload / "b.bin").write_bytes(bytes(range(256)) * 100)
+    with running_server(data, **settings) as url:
+        uploaded = run(
+            data,
+            "upload",
+            str(payload),
+            "--project",
+            "p1",
+            "--instrument",
+            "i1",
+            "--kv",
+            "run=7",
+            "--url",
+            url,
+            "--token",
+            token,
+        )
+        assert uploaded.returncode == 0, uploaded.stderr
+        transaction = json.loads(uploaded.stdout)
+        assert transaction["submitter"] == "alice"
+        assert {f["name"] for f in transaction["files"]} == {"a.txt", "b.bin"}
+        refused = run(
+            data, "upload", str(payload), "--project", "p2", "--url", url, "--token", token
+        )
+        assert refused.returncode == 1
+        assert "Policy Validation" in refused.stderr
+        listed = run(data, "job", "list", "--url", url, "--token", token)
+        assert [job["state"] for job in json.loads(listed.stdout)] == ["failed", "succeeded"]
+        denied = run(data, "job", "retry", "2", "--url", url, "--token", token)
+        assert denied.returncode == 1
+        assert "admin" in denied.stderr
+        assert httpx.get(f"{url}/metrics").text.count("conveyor_transactions_total") >= 1
+
+
+@pytest.mark.parametrize("verb", [["job", "show", "1"], ["job", "list"]])
+def test_client_verbs_report_an_unreachable_server(tmp_path: Path, verb: list[str]) -> None:
+    result = run(tmp_path, *verb, "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "cannot reach" in result.stderr
