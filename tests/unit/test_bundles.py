@@ -128,7 +128,7 @@ def test_collect_refuses_missing_and_colliding_paths(tmp_path: Path) -> None:
 )
 def test_limits(limits: BundleLimits, task: str, words: str) -> None:
     members = {**GOOD_MEMBERS, "data/" + "n" * 300: b"x"}
-    metadata = good_metadata() + [{"destinationTable": "NothingReally", "pad": "p" * 2000}]
+    metadata = [*good_metadata(), {"destinationTable": "NothingReally", "pad": "p" * 2000}]
     with pytest.raises(BundleError) as caught:
         BundleReader(memory_archive(), limits, lambda _: None).read(
             io.BytesIO(make_tar(members, metadata))
