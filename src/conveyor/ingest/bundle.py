@@ -20,6 +20,8 @@ from conveyor.storage.errors import ArchiveError
 METADATA_NAME = "metadata.txt"
 UPLOAD_TASK = "UPLOADING"
 READ_SIZE = 1024 * 1024
+# tarfile copies its whole read-ahead buffer on every small read; keep it small.
+TAR_BUFFER = 32 * 1024
 # The Pacifica uploader declares sha1; computing it while streaming spares a second read
 # when metadata.txt comes last and its hash types are not known yet.
 DEFAULT_EXTRA_HASHES = ("sha1",)
@@ -97,7 +99,7 @@ class BundleReader:
     def read(self, stream: IO[bytes]) -> BundleSummary:
         """Read the whole bundle; raise :class:`BundleError` at the first problem."""
         try:
-            archive_file = tarfile.open(fileobj=stream, mode="r|", bufsize=READ_SIZE)  # noqa: SIM115 - closed by the `with` below
+            archive_file = tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFFER)  # noqa: SIM115 - closed by the `with` below
         except ConnectionError as exc:
             raise BundleError(UPLOAD_TASK, f"the upload stopped: {exc}") from None
         except (tarfile.TarError, EOFError, OSError):

@@ -7,15 +7,31 @@ import time
 from conveyor.ingest.metadata import BundleMetadata, MetadataError, check_mimetypes
 from conveyor.ingest.move import MoveRefused, copy_into_archive, resolve_source, staged_from
 from conveyor.ingest.policy import PolicyError, check_strict
-from conveyor.ingest.service import KIND_INGEST, KIND_MOVE, load_metadata, publish, submitter_of
+from conveyor.ingest.service import (
+    KIND_INGEST,
+    KIND_MOVE,
+    fail_abandoned_uploads,
+    load_metadata,
+    publish,
+    submitter_of,
+)
 from conveyor.ingest.staging import StagingBuffer, discard, staged_members
 from conveyor.ingest.verify import summarise, verify_staged
 from conveyor.jobs.context import JobContext
 from conveyor.jobs.errors import StepFailed
+from conveyor.jobs.executors import SWEEP_HOOKS
 from conveyor.jobs.registry import job_handler
+from conveyor.runtime import Runtime
 from conveyor.storage.errors import ArchiveError
 
 POLICY_TASK = "Policy Validation"
+
+
+def _sweep_uploads(runtime: Runtime) -> int:
+    return fail_abandoned_uploads(runtime, runtime.settings.upload_stall_seconds)
+
+
+SWEEP_HOOKS.append(_sweep_uploads)
 
 
 @job_handler(KIND_INGEST)

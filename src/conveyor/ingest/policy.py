@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import Executable, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from conveyor.db.models import Instrument, Project, ProjectInstrument, ProjectMember, User
+from conveyor.db.models import Base, Instrument, Project, ProjectInstrument, ProjectMember, User
 
 
 class PolicyError(Exception):
@@ -29,21 +32,39 @@ def check_strict(session: Session, submitter: str, project: str, instrument: str
 
 
 def record_names(session: Session, submitter: str, project: str, instrument: str | None) -> None:
-    """Register whatever an accepted submission names, so strict mode can take over later."""
+    """Register whatever an accepted submission names, so strict mode can take over later.
+
+    Jobs publishing at once may name the same new user or project: each row is inserted
+    only if absent, in one statement, so the second writer waits and skips instead of failing
+    on the unique key.
+    """
     if session.get(User, submitter) is None:
-        session.add(User(id=submitter))
+        _insert_missing(session, User, id=submitter)
     if session.get(Project, project) is None:
-        session.add(Project(id=project))
-    session.flush()
+        _insert_missing(session, Project, id=project)
     if session.get(ProjectMember, (project, submitter)) is None:
-        session.add(ProjectMember(project_id=project, user_id=submitter))
+        _insert_missing(session, ProjectMember, project_id=project, user_id=submitter)
     if instrument is not None:
         if session.get(Instrument, instrument) is None:
-            session.add(Instrument(id=instrument))
-            session.flush()
+            _insert_missing(session, Instrument, id=instrument)
         if session.get(ProjectInstrument, (project, instrument)) is None:
-            session.add(ProjectInstrument(project_id=project, instrument_id=instrument))
-    session.flush()
+            _insert_missing(
+                session, ProjectInstrument, project_id=project, instrument_id=instrument
+            )
+
+
+def _insert_missing(session: Session, model: type[Base], **values: Any) -> None:
+    """``INSERT`` the row unless its primary key is taken (also by a concurrent writer)."""
+    statement: Executable
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        statement = postgresql.insert(model).values(**values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite.insert(model).values(**values).on_conflict_do_nothing()
+    else:  # mysql, mariadb: a no-op update of the key is MySQL's "do nothing"
+        key = next(iter(values))
+        statement = mysql.insert(model).values(**values).on_duplicate_key_update({key: values[key]})
+    session.execute(statement)
 
 
 def projects_of(session: Session, user: str) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import IO, Any
+from datetime import timedelta
+from typing import IO, Any, cast
 
 from sqlalchemy import delete, insert, select, update
 
@@ -59,27 +60,32 @@ def start_upload(runtime: Runtime, principal: Principal) -> int:
     return job_id
 
 
-class _UploadProgress:
-    """Writes the upload's percent at most once a second."""
+class _ProgressReader:
+    """Passes reads through, recording the upload's percent (and liveness) once a second."""
 
-    def __init__(self, runtime: Runtime, job_id: int, total: int | None) -> None:
+    def __init__(self, stream: IO[bytes], runtime: Runtime, job_id: int, total: int | None):
+        self._stream = stream
         self._runtime = runtime
         self._job_id = job_id
         self._total = total
         self._done = 0
         self._last = time.monotonic()
 
-    def add(self, size: int) -> None:
-        self._done += size
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._stream.read(size)
+        self._done += len(data)
         now = time.monotonic()
-        if now - self._last < PROGRESS_INTERVAL:
-            return
-        self._last = now
+        if now - self._last >= PROGRESS_INTERVAL:
+            self._last = now
+            self._record()
+        return data
+
+    def _record(self) -> None:
         percent = min(99.0, 100.0 * self._done / self._total) if self._total else 0.0
         with self._runtime.db.session() as session:
             session.execute(
                 update(Job)
-                .where(Job.id == self._job_id)
+                .where(Job.id == self._job_id, Job.state == states.RECEIVING)
                 .values(task_percent=round(percent, 1), updated_at=utcnow())
             )
 
@@ -93,17 +99,16 @@ def receive_bundle(
     local disk except as archive blobs.
     """
     staging = StagingBuffer(runtime.db, job_id)
-    upload = _UploadProgress(runtime, job_id, content_length)
 
     def on_member(member: StagedMember) -> None:
         staging.add(member)
-        upload.add(member.size)
         metrics.INGEST_FILES.inc()
         metrics.INGEST_BYTES.inc(member.size)
 
     reader = BundleReader(runtime.archive, limits(runtime), on_member)
+    counted = _ProgressReader(stream, runtime, job_id, content_length)
     try:
-        summary = reader.read(stream)
+        summary = reader.read(cast(IO[bytes], counted))
     except BundleError as failure:
         staging.flush()
         _stage_metadata_of(runtime, job_id, reader)
@@ -272,3 +277,23 @@ def publish(
 def metadata_json(document: Any) -> bytes:
     """A metadata list as the bytes a move job stores."""
     return json.dumps(document).encode()
+
+
+def fail_abandoned_uploads(runtime: Runtime, idle_seconds: float) -> int:
+    """Fail uploads whose bytes stopped arriving (their API process died); drop their blobs."""
+    cutoff = utcnow() - timedelta(seconds=idle_seconds)
+    with runtime.db.session() as session:
+        stale = list(
+            session.scalars(
+                select(Job.id).where(Job.state == states.RECEIVING, Job.updated_at < cutoff)
+            )
+        )
+    for job_id in stale:
+        fail_received(
+            runtime,
+            job_id,
+            UPLOADING,
+            f"the upload stopped arriving for {idle_seconds:.0f} s (the receiving server "
+            "stopped or the client went away); upload the bundle again",
+        )
+    return len(stale)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from conveyor.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# Housekeeping the sweeper also runs; domain packages add theirs (abandoned uploads, …).
+SWEEP_HOOKS: list[Callable[[Runtime], object]] = []
 
 # How long a dispatched job may wait in a queue before the sweeper sends it again.
 DISPATCH_GRACE_SECONDS = 300.0
@@ -64,6 +68,8 @@ class Sweeper:
 
     def sweep(self) -> int:
         """Dispatch every due job once; the number dispatched."""
+        for hook in SWEEP_HOOKS:
+            hook(self._runtime)
         due = service.due_jobs(self._runtime.db)
         service.mark_dispatched(self._runtime.db, due, DISPATCH_GRACE_SECONDS)
         for job_id in due:

@@ -1,7 +1,7 @@
 """The archive: blobs named by their sha256, written atomically and verified.
 
 A writer streams bytes to a temporary key while hashing them, checks the size it wrote
-against what the store holds, then publishes the blob under ``blobs/aa/bb/<sha256>``. A blob
+against what the store holds, then publishes the blob under ``blobs/aa/<sha256>``. A blob
 that is already there is not written twice. Nothing a reader can see is ever partial.
 """
 
@@ -33,10 +33,10 @@ class StoredBlob:
 
 
 def blob_key(sha256: str) -> str:
-    """The store key of a blob."""
+    """The store key of a blob: one level of 256 folders, so new blobs rarely need a mkdir."""
     if not SHA256_PATTERN.fullmatch(sha256):
         raise ArchiveError(f"{sha256!r} is not a sha256 hex digest")
-    return f"blobs/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+    return f"blobs/{sha256[:2]}/{sha256}"
 
 
 class BlobWriter:

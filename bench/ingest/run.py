@@ -1,0 +1,150 @@
+"""Ingest benchmark: Conveyor over HTTP vs. the floor of `tar -xf` + `sha256sum`.
+
+Two bundles: 200 files making 1 GiB, and 10,000 files of 4 KiB. For each, the floor
+extracts the bundle with GNU tar and hashes every file with sha256sum (what ingest must do
+at least: unpack and checksum); Conveyor receives the same bundle over HTTP (curl), stores
+every file in its archive with sha256 (and sha1, which the bundle's metadata declares)
+and publishes the transaction. Peak RSS of the server process is read from /proc.
+
+    .venv/bin/python bench/ingest/run.py [--workdir DIR] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from conveyor.client.bundler import BundleStream, collect, metadata_fields
+
+MIB = 1024 * 1024
+
+
+def make_tree(root: Path, count: int, size: int) -> Path:
+    """``count`` files of ``size`` random bytes (random, so no blob is deduplicated)."""
+    root.mkdir(parents=True)
+    for index in range(count):
+        sub = root / f"d{index % 50:02d}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"f{index:05d}.bin").write_bytes(os.urandom(size))
+    return root
+
+
+def make_bundle(tree: Path, path: Path) -> Path:
+    """A Pacifica bundle of ``tree`` as the uploader writes it (metadata.txt last, sha1)."""
+    stream = BundleStream(collect([tree]), metadata_fields("bench", None, [], None))
+    with path.open("wb") as out:
+        for chunk in stream.chunks():
+            out.write(chunk)
+    return path
+
+
+def floor_seconds(bundle: Path, scratch: Path) -> float:
+    """Seconds for `tar -xf` then `sha256sum` over every extracted file."""
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir()
+    started = time.perf_counter()
+    subprocess.run(["tar", "-xf", str(bundle), "-C", str(scratch)], check=True)
+    subprocess.run(
+        f"find {scratch}/data -type f -print0 | xargs -0 sha256sum > /dev/null",
+        shell=True,
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env["CONVEYOR_DATA_DIR"] = str(data_dir)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def conveyor_seconds(bundle: Path, url: str) -> float:
+    """Seconds from the first byte sent to the transaction published."""
+    started = time.perf_counter()
+    answer = subprocess.run(
+        [
+            "curl", "-sS", "-X", "POST", "-T", str(bundle),
+            "-H", "Content-Type: application/x-tar", f"{url}/api/v1/ingest",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    job = json.loads(answer.stdout)
+    while not job.get("complete"):
+        time.sleep(0.02)
+        job = httpx.get(f"{url}/api/v1/jobs/{job['id']}").json()
+    elapsed = time.perf_counter() - started
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"ingest failed: {job}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="conveyor-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cases = {
+        "large: 200 files, 1 GiB": (200, 5 * MIB + 128 * 1024),
+        "small: 10,000 files x 4 KiB": (10_000, 4096),
+    }
+    print(f"{'case':30} {'floor s':>8} {'conveyor s':>10} {'ratio':>6} {'MB/s':>7} {'files/s':>8} {'RSS MB':>7}")
+    for number, (label, (count, size)) in enumerate(cases.items()):
+        tree = make_tree(work / f"tree{number}", count, size)
+        bundle = make_bundle(tree, work / f"bundle{number}.tar")
+        total = count * size
+        floors, ours, peaks = [], [], []
+        for attempt in range(args.repeat):
+            floors.append(floor_seconds(bundle, work / "floor"))
+            data_dir = work / f"server{number}-{attempt}"
+            port = 18000 + number * 10 + attempt
+            server = start_server(data_dir, port)
+            try:
+                ours.append(conveyor_seconds(bundle, f"http://127.0.0.1:{port}"))
+                peaks.append(peak_rss_mb(server.pid))
+            finally:
+                server.terminate()
+                server.wait()
+                shutil.rmtree(data_dir, ignore_errors=True)
+        floor, conveyor = statistics.median(floors), statistics.median(ours)
+        print(
+            f"{label:30} {floor:8.2f} {conveyor:10.2f} {floor / conveyor:6.2f} "
+            f"{total / MIB / conveyor:7.0f} {count / conveyor:8.0f} {max(peaks):7.0f}"
+        )
+    shutil.rmtree(work / "floor", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Job administration: forced states, retries, and the sweeper's housekeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from conveyor.auth.principal import Principal
+from conveyor.db.models import Job
+from conveyor.db.types import utcnow
+from conveyor.ingest import policy
+from conveyor.ingest.bundle import StagedMember
+from conveyor.ingest.service import start_upload
+from conveyor.ingest.staging import StagingBuffer
+from conveyor.jobs.executors import Sweeper
+from conveyor.runtime import Runtime
+from conveyor.web.app import create_app
+from tests.support.bundles import good_tar
+
+
+def test_policy_refusal_keeps_the_bundle_for_an_admin_retry(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime(policy="strict")
+    with runtime.db.session() as session:
+        policy.add_project(session, "1234a")
+        policy.add_user(session, "10")
+        policy.add_instrument(session, "54", projects=["1234a"])
+    with TestClient(create_app(runtime=runtime)) as client:
+        job = client.post("/api/v1/ingest", content=good_tar()).json()
+        assert (job["state"], job["task"]) == ("failed", "Policy Validation")
+        assert job["error"] == "submitter '10' is not a member of project '1234a'"
+        with runtime.db.session() as session:
+            policy.add_user(session, "10", projects=["1234a"])
+        retried = client.post(f"/api/v1/jobs/{job['id']}/retry").json()
+        assert retried["state"] == "succeeded", retried
+        assert retried["transaction_id"] is not None
+        again = client.post(f"/api/v1/jobs/{job['id']}/retry")
+        assert again.status_code == 409
+
+
+def test_failed_bundle_cannot_be_retried_once_discarded(client: TestClient) -> None:
+    job = client.post("/api/v1/ingest", content=b"not a tar at all" * 64).json()
+    answer = client.post(f"/api/v1/jobs/{job['id']}/retry")
+    assert answer.status_code == 409
+    assert (
+        "submit it again" in answer.json()["detail"] or "upload it again" in answer.json()["detail"]
+    )
+
+
+def test_set_state_with_the_published_flags(client: TestClient) -> None:
+    job = client.post("/api/v1/ingest", content=good_tar()).json()
+    forced = client.post(
+        f"/api/v1/jobs/{job['id']}/state",
+        json={
+            "state": "FAILED",
+            "task": "ingest files",
+            "task_percent": 0,
+            "exception": "Failed by administrator",
+        },
+    ).json()
+    assert (forced["state"], forced["task"], forced["error"]) == (
+        "failed",
+        "ingest files",
+        "Failed by administrator",
+    )
+    pacifica = client.get(f"/pacifica/ingest/get_state/{job['id']}").json()
+    assert (pacifica["state"], pacifica["exception"]) == ("FAILED", "Failed by administrator")
+    bad = client.post(f"/api/v1/jobs/{job['id']}/state", json={"state": "MAYBE"})
+    assert bad.status_code == 400
+    assert "MAYBE" in bad.json()["detail"]
+
+
+def test_sweeper_fails_uploads_that_stopped_arriving(runtime: Runtime) -> None:
+    job_id = start_upload(runtime, Principal("u", admin=False, authenticated=True))
+    blob = runtime.archive.put_bytes(b"half of an upload")
+    staging = StagingBuffer(runtime.db, job_id)
+    staging.add(StagedMember("a/x", blob.sha256, blob.size, blob.hashes, 0.0))
+    staging.flush()
+    with runtime.db.session() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                updated_at=utcnow() - timedelta(seconds=runtime.settings.upload_stall_seconds + 5)
+            )
+        )
+    Sweeper(runtime, runtime.executor).sweep()
+    with runtime.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert (job.state, job.task) == ("failed", "UPLOADING")
+        assert "stopped arriving" in job.error
+    assert not runtime.archive.exists(blob.sha256)
