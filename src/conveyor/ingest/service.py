@@ -32,6 +32,7 @@ from conveyor.jobs import states
 from conveyor.jobs.context import JobContext, LeaseLost
 from conveyor.observability import metrics
 from conveyor.runtime import Runtime
+from conveyor.storage.errors import ArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,30 @@ def fail_received(runtime: Runtime, job_id: int, task: str, message: str) -> Non
 
 
 def submit_move(runtime: Runtime, principal: Principal, document: bytes) -> int:
-    """A queued move job for a metadata list whose files name ``source`` paths."""
-    stored = runtime.archive.put_bytes(document)
-    payload = {**_payload(principal), "metadata_sha256": stored.sha256}
+    """A queued move job for a metadata list whose files name ``source`` paths.
+
+    The job exists before its metadata is stored, so an archive that cannot be written
+    fails the job at ``move files`` (as the published service does) instead of the request.
+    """
     with runtime.db.session() as session:
-        job = jobs.create_job(session, KIND_MOVE, principal.user, payload, UPLOADING)
+        job = jobs.create_job(session, KIND_MOVE, principal.user, _payload(principal), UPLOADING)
+        job.state = states.RECEIVING  # not runnable until its metadata is stored
         job_id = job.id
-    stage_metadata(runtime.db, job_id, stored.sha256, stored.size, stored.created)
     metrics.JOBS_SUBMITTED.labels(kind=KIND_MOVE).inc()
+    try:
+        stored = runtime.archive.put_bytes(document)
+    except ArchiveError as exc:
+        with runtime.db.session() as session:
+            jobs.finish(
+                session, job_id, states.FAILED, task="move files", percent=0.0, error=str(exc)
+            )
+        return job_id
+    stage_metadata(runtime.db, job_id, stored.sha256, stored.size, stored.created)
+    with runtime.db.session() as session:
+        queued = session.get(Job, job_id)
+        assert queued is not None
+        queued.payload = {**queued.payload, "metadata_sha256": stored.sha256}
+        queued.state = states.QUEUED
     runtime.submit(job_id)
     return job_id
 

@@ -54,7 +54,7 @@ class BlobWriter:
     def __enter__(self) -> BlobWriter:
         try:
             self._file = self._archive.store.open_write(self._temp_key)
-        except OSError as exc:
+        except Exception as exc:  # OSError locally; botocore/gcsfs errors remotely
             raise ArchiveError(f"cannot write to the archive: {exc}") from exc
         return self
 
@@ -67,7 +67,7 @@ class BlobWriter:
         self._size += len(chunk)
         try:
             self._file.write(chunk)
-        except OSError as exc:
+        except Exception as exc:  # OSError locally; botocore/gcsfs errors remotely
             raise ArchiveError(f"cannot write to the archive: {exc}") from exc
 
     def __exit__(
@@ -79,14 +79,26 @@ class BlobWriter:
         assert self._file is not None
         try:
             self._file.close()
-        except OSError as close_error:
-            self._archive.store.delete(self._temp_key)
+        except Exception as close_error:  # a remote store uploads its last part on close
+            self._discard_temp()
             if exc is None:
                 raise ArchiveError(f"cannot write to the archive: {close_error}") from close_error
         if exc is not None:
-            self._archive.store.delete(self._temp_key)
+            self._discard_temp()
             return
-        self.result = self._publish()
+        try:
+            self.result = self._publish()
+        except ArchiveError:
+            raise
+        except Exception as publish_error:
+            self._discard_temp()
+            raise ArchiveError(f"cannot publish a blob: {publish_error}") from publish_error
+
+    def _discard_temp(self) -> None:
+        try:
+            self._archive.store.delete(self._temp_key)
+        except Exception:  # the store is failing already; the temporary key is harmless
+            return
 
     def _publish(self) -> StoredBlob:
         store = self._archive.store
@@ -101,11 +113,7 @@ class BlobWriter:
         if store.size(final) == self._size:
             store.delete(self._temp_key)
             return StoredBlob(digest, self._size, hashes, created=False)
-        try:
-            store.publish(self._temp_key, final)
-        except OSError as exc:
-            store.delete(self._temp_key)
-            raise ArchiveError(f"cannot publish blob {digest}: {exc}") from exc
+        store.publish(self._temp_key, final)
         return StoredBlob(digest, self._size, hashes, created=True)
 
 
