@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+# Microsecond timestamps everywhere; MySQL/MariaDB DATETIME drops them unless told.
+TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 revision = "0001"
 down_revision = None
@@ -29,8 +33,8 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("admin", sa.Boolean(), nullable=False),
         sa.Column("label", sa.String(length=255), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("revoked_at", sa.DateTime(), nullable=True),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("revoked_at", TIMESTAMP, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_api_tokens_token_hash")),
     )
@@ -41,7 +45,7 @@ def upgrade() -> None:
         "instruments",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("name", sa.Text(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_instruments")),
     )
     op.create_table(
@@ -50,9 +54,9 @@ def upgrade() -> None:
         sa.Column("type", sa.String(length=255), nullable=False),
         sa.Column("source", sa.String(length=1024), nullable=False),
         sa.Column("subject", sa.String(length=1024), nullable=True),
-        sa.Column("time", sa.DateTime(), nullable=False),
+        sa.Column("time", TIMESTAMP, nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column("published_at", sa.DateTime(), nullable=True),
+        sa.Column("published_at", TIMESTAMP, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_events")),
     )
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
@@ -62,7 +66,7 @@ def upgrade() -> None:
         "projects",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("title", sa.Text(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_projects")),
     )
     op.create_table(
@@ -79,7 +83,7 @@ def upgrade() -> None:
         sa.Column("project", sa.String(length=255), nullable=True),
         sa.Column("instrument", sa.String(length=255), nullable=True),
         sa.Column("owner", sa.String(length=255), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("file_count", sa.Integer(), nullable=False),
         sa.Column("total_size", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_transactions")),
@@ -94,7 +98,7 @@ def upgrade() -> None:
         "users",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("admin", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
     )
     op.create_table(
@@ -111,8 +115,8 @@ def upgrade() -> None:
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("mimetype", sa.String(length=255), nullable=False),
-        sa.Column("mtime", sa.DateTime(), nullable=True),
-        sa.Column("ctime", sa.DateTime(), nullable=True),
+        sa.Column("mtime", TIMESTAMP, nullable=True),
+        sa.Column("ctime", TIMESTAMP, nullable=True),
         sa.Column("hashtype", sa.String(length=32), nullable=True),
         sa.Column("hashsum", sa.String(length=256), nullable=True),
         sa.Column("source", sa.Text(), nullable=True),
@@ -146,13 +150,13 @@ def upgrade() -> None:
         sa.Column("item_errors", sa.JSON(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("lease_owner", sa.String(length=128), nullable=True),
-        sa.Column("lease_expires_at", sa.DateTime(), nullable=True),
+        sa.Column("lease_expires_at", TIMESTAMP, nullable=True),
         sa.Column("owner", sa.String(length=255), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("finished_at", sa.DateTime(), nullable=True),
+        sa.Column("finished_at", TIMESTAMP, nullable=True),
         sa.Column("transaction_id", sa.BigInteger(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.ForeignKeyConstraint(
             ["transaction_id"],
             ["transactions.id"],
