@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(10.0, gt=0)
     max_attempts: int = Field(5, ge=1)
     upload_stall_seconds: float = Field(600.0, gt=0)
+    temp_max_age_seconds: float = Field(86400.0, gt=0)
 
     max_members: int = Field(1_000_000, ge=1)
     max_metadata_bytes: int = Field(256 * 1024 * 1024, ge=1024)

@@ -95,3 +95,24 @@ def test_sweeper_fails_uploads_that_stopped_arriving(runtime: Runtime) -> None:
         assert (job.state, job.task) == ("failed", "UPLOADING")
         assert "stopped arriving" in job.error
     assert not runtime.archive.exists(blob.sha256)
+
+
+def test_sweeper_purges_temporary_writes_whose_writer_died(runtime: Runtime) -> None:
+    import os
+    import time
+
+    from conveyor.ingest import jobs as ingest_jobs
+
+    writer = runtime.archive.store.open_write("tmp/dead-writer")
+    writer.write(b"partial")
+    writer.close()
+    fresh = runtime.archive.store.open_write("tmp/live-writer")
+    fresh.close()
+    old = time.time() - runtime.settings.temp_max_age_seconds - 60
+    path = runtime.archive.store.local_path("tmp/dead-writer")
+    assert path is not None
+    os.utime(path, (old, old))
+    ingest_jobs._last_temp_purge[0] = 0.0
+    Sweeper(runtime, runtime.executor).sweep()
+    assert runtime.archive.store.size("tmp/dead-writer") is None
+    assert runtime.archive.store.size("tmp/live-writer") == 0

@@ -27,11 +27,23 @@ from conveyor.storage.errors import ArchiveError
 POLICY_TASK = "Policy Validation"
 
 
+TEMP_PURGE_INTERVAL = 600.0
+_last_temp_purge = [0.0]
+
+
 def _sweep_uploads(runtime: Runtime) -> int:
     return fail_abandoned_uploads(runtime, runtime.settings.upload_stall_seconds)
 
 
-SWEEP_HOOKS.append(_sweep_uploads)
+def _sweep_temp(runtime: Runtime) -> int:
+    # Listing a bucket's tmp/ every few seconds would cost requests for nothing.
+    if time.monotonic() - _last_temp_purge[0] < TEMP_PURGE_INTERVAL:
+        return 0
+    _last_temp_purge[0] = time.monotonic()
+    return runtime.archive.purge_temp(runtime.settings.temp_max_age_seconds)
+
+
+SWEEP_HOOKS.extend([_sweep_uploads, _sweep_temp])
 
 
 @job_handler(KIND_INGEST)

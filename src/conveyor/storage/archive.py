@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -186,6 +187,17 @@ class Archive:
             name = key.rsplit("/", 1)[-1]
             if SHA256_PATTERN.fullmatch(name):
                 yield name
+
+    def purge_temp(self, older_than_seconds: float) -> int:
+        """Delete temporary objects older than the limit: writes whose writer died."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for key in list(self.store.keys("tmp")):  # few: only writes in progress live there
+            written = self.store.modified(key)
+            if written is not None and written < cutoff:
+                self.store.delete(key)
+                removed += 1
+        return removed
 
     def sync(self) -> None:
         """Make every blob written so far durable before a transaction refers to it."""
