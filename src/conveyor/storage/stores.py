@@ -78,6 +78,13 @@ class BlobStore:
         """A path on this machine holding the object, when the store is a local folder."""
         return None
 
+    def modified(self, key: str) -> float | None:
+        """When the object was last written (epoch seconds), or ``None`` when it is gone."""
+        try:
+            return float(self.fs.modified(self.path(key)).timestamp())
+        except FileNotFoundError:
+            return None
+
     def sync(self) -> None:
         """Make everything written so far durable (a no-op where writes are durable on close)."""
 
@@ -143,6 +150,13 @@ class LocalStore(BlobStore):
         """The file itself."""
         return Path(self.path(key))
 
+    def modified(self, key: str) -> float | None:
+        """The file's mtime."""
+        try:
+            return os.stat(self.path(key)).st_mtime
+        except FileNotFoundError:
+            return None
+
     def sync(self) -> None:
         """One filesystem-wide flush instead of an fsync per blob: ingest writes thousands."""
         os.sync()
@@ -172,6 +186,15 @@ class GCSStore(BlobStore):
     """A Google Cloud Storage bucket (or prefix); publishing is a server-side rewrite."""
 
     schemes = ("gs", "gcs")
+
+    def publish(self, temp_key: str, final_key: str) -> None:
+        """Rewrite the temporary object to its final name, then drop the temporary one.
+
+        Not ``fs.mv``: gcsfs tries the ``moveTo`` API first, and where an endpoint does not
+        implement it (501) retries with backoff for about 30 s before copying anyway.
+        """
+        self.fs.copy(self.path(temp_key), self.path(final_key))
+        self.fs.rm(self.path(temp_key))
 
 
 STORE_TYPES: dict[str, type[BlobStore]] = {}
