@@ -15,7 +15,7 @@ from conveyor.ingest.service import (
     publish,
     submitter_of,
 )
-from conveyor.ingest.staging import StagingBuffer, discard, staged_members
+from conveyor.ingest.staging import StagedFile, StagingBuffer, discard, staged_members
 from conveyor.ingest.verify import summarise, verify_staged
 from conveyor.jobs.context import JobContext
 from conveyor.jobs.errors import StepFailed
@@ -59,7 +59,7 @@ def run_ingest(context: JobContext) -> None:
             errors = verify_staged(context.runtime.archive, metadata, staged, context.progress)
             if errors:
                 raise StepFailed("ingest files", summarise(errors), errors)
-        _publish(context, metadata, submitter)
+        _publish(context, metadata, submitter, staged)
     except StepFailed as failure:
         _discard_unless_retryable(context, failure)
         raise
@@ -72,8 +72,8 @@ def run_move(context: JobContext) -> None:
         metadata = _load(context)
         submitter = _validate(context, metadata)
         with context.step("move files"):
-            _move_files(context, metadata)
-        _publish(context, metadata, submitter)
+            staged = _move_files(context, metadata)
+        _publish(context, metadata, submitter, staged)
     except StepFailed as failure:
         _discard_unless_retryable(context, failure)
         raise
@@ -113,7 +113,7 @@ def _validate(context: JobContext, metadata: BundleMetadata) -> str:
     return submitter
 
 
-def _move_files(context: JobContext, metadata: BundleMetadata) -> None:
+def _move_files(context: JobContext, metadata: BundleMetadata) -> dict[str, StagedFile]:
     runtime = context.runtime
     done = staged_members(runtime.db, context.job_id)
     staging = StagingBuffer(runtime.db, context.job_id)
@@ -144,12 +144,14 @@ def _move_files(context: JobContext, metadata: BundleMetadata) -> None:
     errors = verify_staged(runtime.archive, metadata, staged, context.progress)
     if errors:
         raise StepFailed("move files", summarise(errors), errors)
+    return staged
 
 
-def _publish(context: JobContext, metadata: BundleMetadata, submitter: str) -> None:
+def _publish(
+    context: JobContext, metadata: BundleMetadata, submitter: str, staged: dict[str, StagedFile]
+) -> None:
     with context.step("ingest metadata"):
         bad = check_mimetypes(metadata)
         if bad:
             raise StepFailed("ingest metadata", summarise(bad), bad)
-        staged = staged_members(context.runtime.db, context.job_id)
         publish(context, metadata, submitter, staged)

@@ -32,7 +32,7 @@ class MetadataError(ValueError):
     """``metadata.txt`` cannot be used; the message says which entry and why."""
 
 
-@dataclass
+@dataclass(slots=True)
 class FileEntry:
     """One ``Files`` entry."""
 
@@ -46,7 +46,6 @@ class FileEntry:
     mtime: datetime | None
     ctime: datetime | None
     source: str | None
-    raw: dict[str, Any]
 
 
 @dataclass
@@ -139,7 +138,6 @@ def _file_entry(entry: dict[str, Any], where: str) -> FileEntry:
         mtime=parse_time(entry.get("mtime")),
         ctime=parse_time(entry.get("ctime")),
         source=str(entry["source"]) if entry.get("source") is not None else None,
-        raw=entry,
     )
 
 

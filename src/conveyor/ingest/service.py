@@ -22,6 +22,7 @@ from conveyor.ingest.bundle import BundleError, BundleLimits, BundleReader, Stag
 from conveyor.ingest.metadata import BundleMetadata, MetadataError, parse_metadata
 from conveyor.ingest.staging import (
     METADATA_KEY,
+    StagedFile,
     StagingBuffer,
     delete_unreferenced,
     discard,
@@ -194,7 +195,7 @@ def publish(
     context: JobContext,
     metadata: BundleMetadata,
     submitter: str,
-    staged: dict[str, StagedBlob],
+    staged: dict[str, StagedFile],
 ) -> int:
     """Create the transaction, its files, key-values and event, and end the job: all or nothing."""
     runtime = context.runtime

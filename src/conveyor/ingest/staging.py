@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from sqlalchemy import delete, insert, select
 
@@ -60,13 +61,25 @@ def stage_metadata(db: Database, job_id: int, sha256: str, size: int, created: b
         )
 
 
-def staged_members(db: Database, job_id: int) -> dict[str, StagedBlob]:
+class StagedFile(NamedTuple):
+    """A staged file as the checks and the publish step need it (lighter than an ORM row)."""
+
+    sha256: str
+    size: int
+    hashes: dict[str, str]
+    created: bool
+
+
+def staged_members(db: Database, job_id: int) -> dict[str, StagedFile]:
     """The job's staged files by normalised path (its metadata document excluded)."""
+    query = select(
+        StagedBlob.name, StagedBlob.sha256, StagedBlob.size, StagedBlob.hashes, StagedBlob.created
+    ).where(StagedBlob.job_id == job_id, StagedBlob.name != METADATA_KEY)
     with db.session() as session:
-        rows = session.scalars(
-            select(StagedBlob).where(StagedBlob.job_id == job_id, StagedBlob.name != METADATA_KEY)
-        )
-        return {row.name: row for row in rows}
+        return {
+            name: StagedFile(sha256, size, hashes or {}, created)
+            for name, sha256, size, hashes, created in session.execute(query)
+        }
 
 
 def discard(db: Database, archive: Archive, job_id: int) -> int:

@@ -6,8 +6,8 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from conveyor.db.models import StagedBlob
 from conveyor.ingest.metadata import BundleMetadata, FileEntry
+from conveyor.ingest.staging import StagedFile
 from conveyor.storage.archive import Archive
 
 ProgressFn = Callable[[float], None]
@@ -21,7 +21,7 @@ def _digest(archive: Archive, sha256: str, hashtype: str) -> str:
     return hasher.hexdigest()
 
 
-def check_entry(archive: Archive, entry: FileEntry, staged: StagedBlob | None) -> str | None:
+def check_entry(archive: Archive, entry: FileEntry, staged: StagedFile | None) -> str | None:
     """Why the staged blob does not match the entry, or ``None`` when it does."""
     if staged is None:
         return "listed in metadata.txt but not in the bundle"
@@ -41,7 +41,7 @@ def check_entry(archive: Archive, entry: FileEntry, staged: StagedBlob | None) -
 def verify_staged(
     archive: Archive,
     metadata: BundleMetadata,
-    staged: dict[str, StagedBlob],
+    staged: dict[str, StagedFile],
     progress: ProgressFn,
 ) -> list[dict[str, str]]:
     """Per-file errors: missing, wrong size, wrong hash, or present but not declared."""
