@@ -1,10 +1,11 @@
 """Ingest benchmark: Conveyor over HTTP vs. the floor of `tar -xf` + `sha256sum`.
 
 Two bundles: 200 files making 1 GiB, and 10,000 files of 4 KiB. For each, the floor
-extracts the bundle with GNU tar and hashes every file with sha256sum (what ingest must do
-at least: unpack, checksum, and flush to disk); Conveyor receives the same bundle over HTTP (curl), stores
-every file in its archive with sha256 (and sha1, which the bundle's metadata declares)
-and publishes the transaction. Peak RSS of the server process is read from /proc.
+extracts the bundle with GNU tar, hashes every file with sha256sum and syncs (what ingest
+must do at least: unpack, checksum, make durable); Conveyor receives the same bundle over
+HTTP (curl), stores every file in its archive with sha256 (and sha1, which the bundle's
+metadata declares), syncs and publishes the transaction. Peak RSS of the server process
+is read from /proc.
 
     .venv/bin/python bench/ingest/run.py [--workdir DIR] [--repeat N]
 """
