@@ -115,3 +115,66 @@ def test_client_verbs_report_an_unreachable_server(tmp_path: Path, verb: list[st
     result = run(tmp_path, *verb, "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 1
     assert "cannot reach" in result.stderr
+
+
+def test_unreachable_broker_is_waited_for_then_reported(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        "serve",
+        "--port",
+        str(free_port()),
+        broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+        db_connect_attempts="2",
+        db_connect_wait="0.2",
+    )
+    assert result.returncode == 2
+    assert "broker amqp://guest:***@127.0.0.1" in result.stderr
+    assert "unreachable after 2 attempts" in result.stderr
+
+
+def test_json_logs_and_tracing_export_spans(tmp_path: Path) -> None:
+    import http.server
+    import json
+    import threading
+
+    received: list[str] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            self.rfile.read(length)
+            received.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
+    log_path = tmp_path / "data"
+    import os
+
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+    try:
+        with running_server(log_path, log_format="json", tracing="true") as url:
+            assert httpx.get(f"{url}/api/v1/jobs").status_code == 200
+            deadline = time.monotonic() + 20
+            while "/v1/traces" not in received and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT")
+        os.environ.pop("OTEL_BSP_SCHEDULE_DELAY")
+        collector.shutdown()
+    assert "/v1/traces" in received
+    lines = [
+        line
+        for log in log_path.glob("serve-*.log")
+        for line in log.read_text().splitlines()
+        if line.strip()
+    ]
+    records = [json.loads(line) for line in lines]
+    assert any(record["logger"] == "conveyor.cli.server" for record in records)
+    assert all({"time", "level", "logger", "message"} <= set(record) for record in records)
