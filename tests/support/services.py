@@ -6,8 +6,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +39,10 @@ def require_tcp(name: str, host: str, port: int) -> None:
 
 
 def require_command(name: str) -> str:
-    """The path of an executable, or skip/fail when it is not installed."""
+    """An executable from this virtualenv (often not on PATH), else from PATH, else skip/fail."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     path = shutil.which(name)
     if path is None:
         missing(f"{name} is not installed")
@@ -53,25 +58,27 @@ def free_port() -> int:
 
 
 def start_server(
-    argv: Sequence[str], port: int, env: dict[str, str] | None = None, timeout: float = 30.0
+    argv: Sequence[str], port: int, log: Path, env: dict[str, str], timeout: float = 30.0
 ) -> subprocess.Popen[bytes]:
-    """Start a server process and wait until its port accepts connections."""
-    process = subprocess.Popen(
-        list(argv),
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    """Start a server with its output in ``log`` and wait until its port accepts connections.
+
+    Output goes to a file, never an unread pipe: chatty servers (the emulators log every
+    request) would block once a pipe's 64 KiB buffer filled.
+    """
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            list(argv), env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            pytest.fail(f"{argv[0]} exited with {process.returncode}: {err[-2000:]}")
+            output = log.read_text(errors="replace")[-2000:]
+            pytest.fail(f"{argv[0]} exited with {process.returncode}: {output}")
         if tcp_open("127.0.0.1", port, timeout=0.2):
             return process
         time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"{argv[0]} did not listen on port {port} within {timeout:.0f} s")
+    stop_server(process)
+    pytest.fail(f"{argv[0]} did not listen on port {port} within {timeout:.0f} s (log: {log})")
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:

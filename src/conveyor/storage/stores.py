@@ -234,7 +234,9 @@ def open_store(url: str) -> BlobStore:
         root = str(Path(parts.path if parts.scheme else url).absolute())
         return LocalStore(url, fsspec.filesystem("file"), root)
     options = _options(parts.scheme, parts.query)
-    bare = parts._replace(query="").geturl()
+    # Not urlunsplit: it drops the empty authority of memory:///x, which fsspec then reads
+    # as a local path.
+    bare = url.split("?", 1)[0]
     try:
         fs, root = fsspec.core.url_to_fs(bare, **options)
     except (ImportError, ValueError, TypeError) as exc:
