@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +13,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.config import redact_url
+from conveyor.waiting import Unreachable, wait_until_reachable
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,13 @@ DRIVERS = {
 }
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(Unreachable):
     """The database could not be reached within the configured attempts."""
+
+
+def _first_line(exc: Exception) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return str(original).strip().splitlines()[0]
 
 
 def normalise_url(url: str) -> URL:
@@ -105,19 +110,15 @@ class Database:
 
     def wait_until_ready(self, attempts: int, wait: float) -> None:
         """Ping until the database answers, up to ``attempts`` times ``wait`` seconds apart."""
-        for attempt in range(1, attempts + 1):
-            try:
-                self.ping()
-                return
-            except OperationalError as exc:
-                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-                if attempt == attempts:
-                    raise DatabaseUnavailable(
-                        f"database {redact_url(self.url)} is unreachable after "
-                        f"{attempts} attempts: {reason}"
-                    ) from None
-                log.warning("database not ready (attempt %d of %d): %s", attempt, attempts, reason)
-                time.sleep(wait)
+        wait_until_reachable(
+            f"database {redact_url(self.url)}",
+            self.ping,
+            attempts=attempts,
+            wait=wait,
+            errors=(OperationalError,),
+            failure=DatabaseUnavailable,
+            reason=_first_line,
+        )
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -7,12 +7,12 @@ worker process dies; even a lost message loses nothing, since the sweeper resend
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from celery import Celery
 
 from conveyor.config import Settings, redact_url
+from conveyor.waiting import Unreachable, wait_until_reachable
 
 if TYPE_CHECKING:
     from conveyor.runtime import Runtime
@@ -26,7 +26,7 @@ celery_app = Celery("conveyor")
 _runtime: Runtime | None = None
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(Unreachable):
     """The broker could not be reached within the configured attempts."""
 
 
@@ -50,20 +50,19 @@ def configure_celery(settings: Settings) -> Celery:
 
 def wait_for_broker(settings: Settings) -> None:
     """Connect to the broker, up to the configured attempts, or raise :class:`BrokerUnavailable`."""
-    attempts = settings.db_connect_attempts
-    for attempt in range(1, attempts + 1):
-        try:
-            with celery_app.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1)
-            return
-        except Exception as exc:
-            if attempt == attempts:
-                raise BrokerUnavailable(
-                    f"broker {redact_url(settings.broker_url)} is unreachable after "
-                    f"{attempts} attempts: {exc}"
-                ) from None
-            log.warning("broker not ready (attempt %d of %d): %s", attempt, attempts, exc)
-            time.sleep(settings.db_connect_wait)
+
+    def probe() -> None:
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+
+    wait_until_reachable(
+        f"broker {redact_url(settings.broker_url)}",
+        probe,
+        attempts=settings.db_connect_attempts,
+        wait=settings.db_connect_wait,
+        errors=(Exception,),
+        failure=BrokerUnavailable,
+    )
 
 
 def bind_runtime(runtime: Runtime) -> None:
