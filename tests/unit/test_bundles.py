@@ -143,3 +143,36 @@ def test_truncated_bundle_names_the_last_good_member() -> None:
         BundleReader(memory_archive(), LIMITS, lambda _: None).read(io.BytesIO(data[:60_000]))
     assert caught.value.task == "open tar"
     assert "truncated or corrupt" in caught.value.message
+
+
+def test_gnu_sparse_members_are_stored_whole(tmp_path: Path) -> None:
+    tar = require_command("tar")
+    data = tmp_path / "data"
+    data.mkdir()
+    sparse = data / "holes.bin"
+    with sparse.open("wb") as handle:
+        handle.write(b"start")
+        handle.seek(3_000_000)
+        handle.write(b"end")
+    (tmp_path / "metadata.txt").write_text(json.dumps(good_metadata()[:2]))
+    bundle = tmp_path / "sparse.tar"
+    subprocess.run(
+        [
+            tar,
+            "--sparse",
+            "--format=gnu",
+            "-cf",
+            str(bundle),
+            "-C",
+            str(tmp_path),
+            "metadata.txt",
+            "data",
+        ],
+        check=True,
+    )
+    archive = memory_archive()
+    staged: list[StagedMember] = []
+    BundleReader(archive, LIMITS, staged.append).read(io.BytesIO(bundle.read_bytes()))
+    [member] = staged
+    assert member.key == "holes.bin"
+    assert member.sha256 == hashlib.sha256(sparse.read_bytes()).hexdigest()

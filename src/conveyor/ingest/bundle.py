@@ -7,11 +7,13 @@ no duplicates, within the configured limits. Each file is hashed while it is wri
 
 from __future__ import annotations
 
+import io
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, cast
 
+from conveyor.ingest.forward import ForwardReader
 from conveyor.ingest.metadata import BundleMetadata, MetadataError, parse_metadata
 from conveyor.ingest.paths import UnsafePath, member_key
 from conveyor.storage.archive import Archive
@@ -20,8 +22,6 @@ from conveyor.storage.errors import ArchiveError
 METADATA_NAME = "metadata.txt"
 UPLOAD_TASK = "UPLOADING"
 READ_SIZE = 1024 * 1024
-# tarfile copies its whole read-ahead buffer on every small read; keep it small.
-TAR_BUFFER = 32 * 1024
 # The Pacifica uploader declares sha1; computing it while streaming spares a second read
 # when metadata.txt comes last and its hash types are not known yet.
 DEFAULT_EXTRA_HASHES = ("sha1",)
@@ -95,11 +95,13 @@ class BundleReader:
         self.on_member = on_member
         self.summary = BundleSummary()
         self._declared: dict[str, str] = {}
+        self._source = ForwardReader(io.BytesIO())
 
     def read(self, stream: IO[bytes]) -> BundleSummary:
         """Read the whole bundle; raise :class:`BundleError` at the first problem."""
+        self._source = ForwardReader(stream)
         try:
-            archive_file = tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFFER)  # noqa: SIM115 - closed by the `with` below
+            archive_file = tarfile.TarFile(fileobj=cast(IO[bytes], self._source), mode="r")
         except ConnectionError as exc:
             raise BundleError(UPLOAD_TASK, f"the upload stopped: {exc}") from None
         except (tarfile.TarError, EOFError, OSError):
@@ -110,6 +112,9 @@ class BundleReader:
                 for member in archive_file:
                     self._take(archive_file, member)
                     last = repr(member.name)
+                    # tarfile keeps every member it has read; a million-member bundle would
+                    # hold them all. Only the current one matters here.
+                    archive_file.members.clear()  # type: ignore[attr-defined]
             except (tarfile.TarError, EOFError) as exc:
                 raise BundleError(
                     "open tar", f"the bundle is truncated or corrupt after {last}: {exc}"
@@ -150,6 +155,25 @@ class BundleReader:
         summary.keys.add(key)
         self._store(archive_file, member, key)
 
+    def _member_data(
+        self, archive_file: tarfile.TarFile, member: tarfile.TarInfo
+    ) -> Iterator[bytes]:
+        """The member's bytes in large chunks, read straight from the stream."""
+        if member.sparse is not None:  # GNU sparse files: let tarfile fill the holes
+            handle = archive_file.extractfile(member)
+            assert handle is not None
+            while chunk := handle.read(READ_SIZE):
+                yield chunk
+            return
+        self._source.seek(member.offset_data)
+        remaining = member.size
+        while remaining:
+            chunk = self._source.read(min(READ_SIZE, remaining))
+            if not chunk:
+                raise tarfile.ReadError(f"unexpected end of data in {member.name!r}")
+            remaining -= len(chunk)
+            yield chunk
+
     def _take_metadata(self, archive_file: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         if self.summary.metadata is not None:
             raise BundleError("open tar", f"member {member.name!r} appears twice in the bundle")
@@ -181,11 +205,9 @@ class BundleReader:
         else:
             declared = self._declared.get(key)
             extra = (declared,) if declared else ()
-        handle = archive_file.extractfile(member)
-        assert handle is not None
         try:
             with self.archive.writer(extra) as writer:
-                while chunk := handle.read(READ_SIZE):
+                for chunk in self._member_data(archive_file, member):
                     writer.write(chunk)
         except ArchiveError as exc:
             raise BundleError("ingest files", f"{key}: {exc}") from None
