@@ -32,6 +32,8 @@ MIB = 1024 * 1024
 
 def make_tree(root: Path, count: int, size: int) -> Path:
     """``count`` files of ``size`` random bytes (random, so no blob is deduplicated)."""
+    if root.exists():
+        shutil.rmtree(root)
     root.mkdir(parents=True)
     for index in range(count):
         sub = root / f"d{index % 50:02d}"
