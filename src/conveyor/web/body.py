@@ -1,7 +1,9 @@
 """A blocking file-like view of an ASGI request body, for code that reads streams in a thread.
 
-tarfile wants ``read(n)``; Starlette gives an async iterator. Each blocking ``read`` hops to
-the event loop once and gathers up to :data:`GATHER` bytes there, so the hop costs little.
+tarfile wants ``read(n)``; Starlette gives an async iterator. Each hop from the worker thread
+to the event loop costs tens of microseconds, so a hop gathers up to :data:`GATHER` bytes and
+small reads (tar headers, small members) are served from that buffer. Large reads get whole
+gathered blocks, without a further copy.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ class BlockingBody(io.RawIOBase):
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         super().__init__()
         self._chunks = chunks
-        self._buffer = bytearray()
+        self._carry = b""
         self._ended = False
+        self._buffer = b""
+        self._offset = 0
         self.bytes_read = 0
 
     def readable(self) -> bool:
@@ -34,29 +38,57 @@ class BlockingBody(io.RawIOBase):
         return True
 
     async def _gather(self, want: int) -> bytes:
-        while len(self._buffer) < want and not self._ended:
+        parts = [self._carry] if self._carry else []
+        have = len(self._carry)
+        self._carry = b""
+        while have < want and not self._ended:
             try:
-                self._buffer += await self._chunks.__anext__()
+                chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
                 self._ended = True
+                break
             except ClientDisconnect:
                 raise UploadStopped(
                     f"the client disconnected after {self.bytes_read} bytes"
                 ) from None
-        taken = bytes(self._buffer[:want])
-        del self._buffer[:want]
-        return taken
+            parts.append(chunk)
+            have += len(chunk)
+        if have > want:
+            last = parts[-1]
+            keep = len(last) - (have - want)
+            parts[-1], self._carry = last[:keep], last[keep:]
+        return b"".join(parts)
+
+    def _fetch(self, want: int) -> bytes:
+        return from_thread.run(self._gather, want)
 
     def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes (all that is left when ``size`` is negative)."""
-        want = GATHER if size is None or size < 0 else size
+        """``size`` bytes, fewer only at the end (all that is left when ``size`` is negative)."""
         if size is None or size < 0:
-            parts = []
-            while chunk := from_thread.run(self._gather, want):
+            parts = [self._take(len(self._buffer) - self._offset)]
+            while chunk := self._fetch(GATHER):
                 parts.append(chunk)
-            data = b"".join(parts)
+            return self._count(b"".join(parts))
+        available = len(self._buffer) - self._offset
+        if available == 0 and size >= GATHER:
+            return self._count(self._fetch(size))
+        if available < size:
+            self._buffer = self._buffer[self._offset :] + self._fetch(max(GATHER, size - available))
+            self._offset = 0
+        return self._count(self._take(size))
+
+    def _take(self, size: int) -> bytes:
+        end = min(len(self._buffer), self._offset + size)
+        if self._offset == 0 and end == len(self._buffer):
+            data = self._buffer
         else:
-            data = from_thread.run(self._gather, want)
+            data = self._buffer[self._offset : end]
+        self._offset = end
+        if self._offset == len(self._buffer):
+            self._buffer, self._offset = b"", 0
+        return data
+
+    def _count(self, data: bytes) -> bytes:
         self.bytes_read += len(data)
         return data
 
@@ -68,7 +100,7 @@ class BlockingBody(io.RawIOBase):
 
     async def drain(self) -> None:
         """Consume what the client still sends, so it gets our answer instead of a reset."""
-        self._buffer.clear()
+        self._buffer, self._offset, self._carry = b"", 0, b""
         if self._ended:
             return
         try:

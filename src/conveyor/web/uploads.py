@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+from typing import IO, cast
 
 from anyio import to_thread
 from fastapi import Request
@@ -11,7 +11,7 @@ from conveyor.auth.principal import Principal
 from conveyor.errors import BadRequest
 from conveyor.ingest.service import receive_bundle, start_upload, submit_move
 from conveyor.runtime import Runtime
-from conveyor.web.body import GATHER, BlockingBody
+from conveyor.web.body import BlockingBody
 
 
 def _length(request: Request) -> int | None:
@@ -23,7 +23,7 @@ async def receive_upload(request: Request, runtime: Runtime, principal: Principa
     """Stream the request body into a new ingest job; the job id once the body is read."""
     job_id = await to_thread.run_sync(start_upload, runtime, principal)
     body = BlockingBody(request.stream().__aiter__())
-    stream = io.BufferedReader(body, GATHER)
+    stream = cast(IO[bytes], body)
     await to_thread.run_sync(receive_bundle, runtime, job_id, stream, _length(request))
     await body.drain()
     return job_id
