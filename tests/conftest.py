@@ -13,6 +13,9 @@ from conveyor.config import Settings, load_settings
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
 
+# S3 and GCS emulator fixtures (moto_s3, s3_archive_url, gcs_emulator, gcs_archive_url).
+pytest_plugins = ["tests.support.object_stores"]
+
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:

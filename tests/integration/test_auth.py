@@ -106,3 +106,23 @@ def test_errors_are_problem_details_without_tracebacks(client: TestClient) -> No
     assert pacifica.status_code == 400
     assert set(pacifica.json()) == {"status", "message", "traceback", "version"}
     assert pacifica.json()["traceback"] == ""
+
+
+def test_openapi_documents_every_route(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    paths = set(spec["paths"])
+    for path in (
+        "/api/v1/ingest",
+        "/api/v1/ingest/move",
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/transactions/{transaction_id}",
+        "/api/v1/files/{file_id}/content",
+        "/pacifica/ingest/upload",
+        "/pacifica/ingest/get_state",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
+        assert path in paths, path
+    assert "application/x-tar" in spec["paths"]["/api/v1/ingest"]["post"]["requestBody"]["content"]
