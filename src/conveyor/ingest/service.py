@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import timedelta
 from typing import IO, Any, cast
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
 from conveyor.db.models import File, Job, StagedBlob, Transaction, TransactionKeyValue
@@ -20,6 +20,7 @@ from conveyor.ingest.bundle import (
 )
 from conveyor.ingest.bundle import BundleError, BundleLimits, BundleReader, StagedMember
 from conveyor.ingest.metadata import BundleMetadata, MetadataError, parse_metadata
+from conveyor.ingest.policy import record_names
 from conveyor.ingest.staging import (
     METADATA_KEY,
     StagedFile,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 KIND_INGEST = "ingest"
 KIND_MOVE = "move"
 PROGRESS_INTERVAL = 1.0
+INSERT_BATCH = 1000
 
 
 def limits(runtime: Runtime) -> BundleLimits:
@@ -230,32 +232,8 @@ def publish(
                     for key, value in metadata.key_values
                 ],
             )
-        rows = [
-            {
-                "transaction_id": transaction.id,
-                "subdir": entry.subdir,
-                "name": entry.name,
-                "size": entry.size,
-                "sha256": staged[entry.key].sha256,
-                "mimetype": entry.mimetype,
-                "mtime": entry.mtime,
-                "ctime": entry.ctime,
-                "hashtype": entry.hashtype,
-                "hashsum": entry.hashsum,
-                "source": entry.source,
-            }
-            for entry in metadata.files
-        ]
-        file_ids = (
-            list(
-                session.scalars(insert(File).returning(File.id, sort_by_parameter_order=True), rows)
-            )
-            if rows
-            else []
-        )
+        file_ids = _insert_files(session, transaction.id, metadata, staged)
         if runtime.settings.policy == "open":
-            from conveyor.ingest.policy import record_names
-
             record_names(session, submitter, project, metadata.instrument)
         record_event(
             session,
@@ -292,9 +270,34 @@ def publish(
     return transaction_id
 
 
-def metadata_json(document: Any) -> bytes:
-    """A metadata list as the bytes a move job stores."""
-    return json.dumps(document).encode()
+def _insert_files(
+    session: Session,
+    transaction_id: int,
+    metadata: BundleMetadata,
+    staged: dict[str, StagedFile],
+) -> list[int]:
+    """Insert the file rows in batches (bounding the parameter lists); their ids, in order."""
+    file_ids: list[int] = []
+    statement = insert(File).returning(File.id, sort_by_parameter_order=True)
+    for start in range(0, len(metadata.files), INSERT_BATCH):
+        rows = [
+            {
+                "transaction_id": transaction_id,
+                "subdir": entry.subdir,
+                "name": entry.name,
+                "size": entry.size,
+                "sha256": staged[entry.key].sha256,
+                "mimetype": entry.mimetype,
+                "mtime": entry.mtime,
+                "ctime": entry.ctime,
+                "hashtype": entry.hashtype,
+                "hashsum": entry.hashsum,
+                "source": entry.source,
+            }
+            for entry in metadata.files[start : start + INSERT_BATCH]
+        ]
+        file_ids.extend(session.scalars(statement, rows))
+    return file_ids
 
 
 def fail_abandoned_uploads(runtime: Runtime, idle_seconds: float) -> int:
