@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -289,17 +290,14 @@ def test_policy_refuses_a_submitter_outside_the_project(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def broken_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A server whose local archive refuses every write; yields its URL and move root.
+    """A server whose local archive breaks after start; yields its URL and move root.
 
-    An S3 archive that nothing listens on never becomes ready (``/readyz`` probes the
-    archive), and ``chmod`` does not stop root (these tests may run as root). So the archive
-    folder holds a regular file where the ``tmp/`` folder for new blobs must go: every write
-    fails (EEXIST on mkdir), for any user, while ``/readyz`` still answers 200.
+    ``chmod`` does not stop root (these tests may run as root), so once the server is ready
+    its archive's ``tmp/`` folder, where every new blob is written first, is replaced by a
+    regular file: every write fails, for any user.
     """
     data_dir = tmp_path_factory.mktemp("broken-archive")
     archive = data_dir / "archive"
-    archive.mkdir()
-    (archive / "tmp").write_bytes(b"not a folder")
     root = (data_dir / "incoming").resolve()
     root.mkdir()
     settings = {
@@ -308,6 +306,11 @@ def broken_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
         "db_connect_attempts": "1",
     }
     with running_server(data_dir, **settings) as base:
+        shutil.rmtree(archive / "tmp")
+        (archive / "tmp").write_bytes(b"not a folder")
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert "cannot be written" in ready.json()["checks"]["archive"]
         yield base, root
 
 

@@ -7,6 +7,7 @@ addressing, hashing and verification on top, identically for every backend.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -162,9 +163,15 @@ class LocalStore(BlobStore):
         os.sync()
 
     def ping(self) -> None:
-        """A local folder is reachable when it exists and can be written."""
-        if not os.access(self.root, os.W_OK):
-            raise ArchiveError(f"archive folder {self.root} is not writable")
+        """Write and remove a probe file: permissions alone do not tell (root ignores them)."""
+        probe = self.path(f"tmp/.ready-{os.getpid()}-{threading.get_ident()}")
+        try:
+            self._ensure_parent(probe)
+            with open(probe, "wb") as handle:
+                handle.write(b"ok")
+            os.unlink(probe)
+        except OSError as exc:
+            raise ArchiveError(f"archive folder {self.root} cannot be written: {exc}") from exc
 
 
 class MemoryStore(BlobStore):
