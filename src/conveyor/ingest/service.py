@@ -16,9 +16,12 @@ from conveyor.db.types import utcnow
 from conveyor.events.outbox import record_event
 from conveyor.ingest import events
 from conveyor.ingest.bundle import (
-    UPLOAD_TASK as UPLOADING,
+    UPLOAD_TASK,
+    BundleError,
+    BundleLimits,
+    BundleReader,
+    StagedMember,
 )
-from conveyor.ingest.bundle import BundleError, BundleLimits, BundleReader, StagedMember
 from conveyor.ingest.metadata import BundleMetadata, MetadataError, parse_metadata
 from conveyor.ingest.policy import record_names
 from conveyor.ingest.staging import (
@@ -57,7 +60,9 @@ def _payload(principal: Principal) -> dict[str, Any]:
 def start_upload(runtime: Runtime, principal: Principal) -> int:
     """A new ingest job in the ``receiving`` state, before the first byte is read."""
     with runtime.db.session() as session:
-        job = jobs.create_job(session, KIND_INGEST, principal.user, _payload(principal), UPLOADING)
+        job = jobs.create_job(
+            session, KIND_INGEST, principal.user, _payload(principal), UPLOAD_TASK
+        )
         job.state = states.RECEIVING
         job_id = job.id
     metrics.JOBS_SUBMITTED.labels(kind=KIND_INGEST).inc()
@@ -118,6 +123,10 @@ def receive_bundle(
         _stage_metadata_of(runtime, job_id, reader)
         fail_received(runtime, job_id, failure.task, failure.message)
         return
+    except Exception as exc:
+        staging.flush()
+        fail_received(runtime, job_id, UPLOAD_TASK, f"internal error: {type(exc).__name__}: {exc}")
+        raise
     staging.flush()
     _stage_metadata_of(runtime, job_id, reader)
     with runtime.db.session() as session:
@@ -151,7 +160,7 @@ def submit_move(runtime: Runtime, principal: Principal, document: bytes) -> int:
     fails the job at ``move files`` (as the published service does) instead of the request.
     """
     with runtime.db.session() as session:
-        job = jobs.create_job(session, KIND_MOVE, principal.user, _payload(principal), UPLOADING)
+        job = jobs.create_job(session, KIND_MOVE, principal.user, _payload(principal), UPLOAD_TASK)
         job.state = states.RECEIVING  # not runnable until its metadata is stored
         job_id = job.id
     metrics.JOBS_SUBMITTED.labels(kind=KIND_MOVE).inc()
@@ -313,7 +322,7 @@ def fail_abandoned_uploads(runtime: Runtime, idle_seconds: float) -> int:
         fail_received(
             runtime,
             job_id,
-            UPLOADING,
+            UPLOAD_TASK,
             f"the upload stopped arriving for {idle_seconds:.0f} s (the receiving server "
             "stopped or the client went away); upload the bundle again",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import NamedTuple
 
 from sqlalchemy import delete, insert, select
@@ -16,6 +17,8 @@ from conveyor.storage.errors import ArchiveError
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+# Flush at least this often, so a crash leaves few written blobs that no row knows of.
+FLUSH_SECONDS = 1.0
 # The staged row of a job's metadata document; no file key can start with "/".
 METADATA_KEY = "/metadata.txt"
 
@@ -27,6 +30,7 @@ class StagingBuffer:
         self._db = db
         self._job_id = job_id
         self._pending: list[dict[str, object]] = []
+        self._flushed = time.monotonic()
 
     def add(self, member: StagedMember, created: bool = True) -> None:
         """Remember one staged member; flushes every :data:`BATCH` members."""
@@ -41,7 +45,7 @@ class StagingBuffer:
                 "created": created,
             }
         )
-        if len(self._pending) >= BATCH:
+        if len(self._pending) >= BATCH or time.monotonic() - self._flushed >= FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -51,6 +55,7 @@ class StagingBuffer:
         with self._db.session() as session:
             session.execute(insert(StagedBlob), self._pending)
         self._pending = []
+        self._flushed = time.monotonic()
 
 
 def stage_metadata(db: Database, job_id: int, sha256: str, size: int, created: bool) -> None:
