@@ -116,3 +116,31 @@ def test_sweeper_purges_temporary_writes_whose_writer_died(runtime: Runtime) -> 
     Sweeper(runtime, runtime.executor).sweep()
     assert runtime.archive.store.size("tmp/dead-writer") is None
     assert runtime.archive.store.size("tmp/live-writer") == 0
+
+
+def test_archive_gc_deletes_only_old_unreferenced_blobs(
+    client: TestClient, runtime: Runtime
+) -> None:
+    import os
+    import time
+
+    from conveyor.ingest.staging import collect_garbage
+    from conveyor.storage.archive import blob_key
+
+    job = client.post("/api/v1/ingest", content=good_tar()).json()
+    assert job["state"] == "succeeded"
+    kept = set(runtime.archive.blobs())
+    orphan_old = runtime.archive.put_bytes(b"left by a crashed writer").sha256
+    orphan_new = runtime.archive.put_bytes(b"being recorded right now").sha256
+    path = runtime.archive.store.local_path(blob_key(orphan_old))
+    assert path is not None
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+
+    dry = collect_garbage(runtime.db, runtime.archive, 3600, dry_run=True)
+    assert (dry.checked, dry.unreferenced, dry.removed, dry.kept_young) == (4, 2, 1, 1)
+    assert runtime.archive.exists(orphan_old)
+
+    report = collect_garbage(runtime.db, runtime.archive, 3600)
+    assert report.removed == 1
+    assert set(runtime.archive.blobs()) == kept | {orphan_new}

@@ -31,6 +31,8 @@ admin_app.add_typer(token_app, name="token")
 admin_app.add_typer(project_app, name="project")
 admin_app.add_typer(instrument_app, name="instrument")
 admin_app.add_typer(user_app, name="user")
+archive_app = typer.Typer(help="The archive.", no_args_is_help=True)
+admin_app.add_typer(archive_app, name="archive")
 
 
 def _database(settings: Settings) -> Database:
@@ -239,3 +241,32 @@ def user_add(
     with admin_session() as session:
         policy.add_user(session, user_id, admin, project or [])
     print_json({"id": user_id, "admin": admin, "projects": project or []})
+
+
+@archive_app.command("gc")
+def archive_gc(
+    min_age: Annotated[
+        float, typer.Option(help="Only blobs older than this many seconds.", min=0)
+    ] = 86400.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
+) -> None:
+    """Delete blobs nothing refers to (left by crashed writers)."""
+    from conveyor.ingest.staging import collect_garbage
+    from conveyor.storage.archive import open_archive
+
+    settings = settings_or_die()
+    configure_logging(settings.log_format, "WARNING")
+    database = _database(settings)
+    try:
+        report = collect_garbage(database, open_archive(settings.archive_url), min_age, dry_run)
+    finally:
+        database.dispose()
+    print_json(
+        {
+            "checked": report.checked,
+            "unreferenced": report.unreferenced,
+            "removed": 0 if dry_run else report.removed,
+            "would_remove": report.removed if dry_run else 0,
+            "kept_young": report.kept_young,
+        }
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from sqlalchemy import delete, insert, select
@@ -11,12 +12,13 @@ from sqlalchemy import delete, insert, select
 from conveyor.db.engine import Database
 from conveyor.db.models import File, StagedBlob
 from conveyor.ingest.bundle import StagedMember
-from conveyor.storage.archive import Archive
+from conveyor.storage.archive import Archive, blob_key
 from conveyor.storage.errors import ArchiveError
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+GC_BATCH = 500
 # Flush at least this often, so a crash leaves few written blobs that no row knows of.
 FLUSH_SECONDS = 1.0
 # The staged row of a job's metadata document; no file key can start with "/".
@@ -117,3 +119,59 @@ def delete_unreferenced(db: Database, archive: Archive, candidates: set[str]) ->
             except ArchiveError:
                 log.warning("could not delete orphan blob %s", sha256, exc_info=True)
     return removed
+
+
+@dataclass
+class GarbageReport:
+    """What a garbage collection found."""
+
+    checked: int = 0
+    unreferenced: int = 0
+    removed: int = 0
+    kept_young: int = 0
+
+
+def collect_garbage(
+    db: Database, archive: Archive, min_age_seconds: float, dry_run: bool = False
+) -> GarbageReport:
+    """Delete blobs no file and no staging job refers to, older than ``min_age_seconds``.
+
+    Such blobs are left by processes that crashed between writing a blob and recording it.
+    The age margin protects writes in progress, whose rows may not be flushed yet.
+    """
+    report = GarbageReport()
+    cutoff = time.time() - min_age_seconds
+    batch: list[str] = []
+    for sha256 in archive.blobs():
+        batch.append(sha256)
+        if len(batch) >= GC_BATCH:
+            _collect_batch(db, archive, batch, cutoff, dry_run, report)
+            batch = []
+    if batch:
+        _collect_batch(db, archive, batch, cutoff, dry_run, report)
+    return report
+
+
+def _collect_batch(
+    db: Database,
+    archive: Archive,
+    batch: list[str],
+    cutoff: float,
+    dry_run: bool,
+    report: GarbageReport,
+) -> None:
+    report.checked += len(batch)
+    with db.session() as session:
+        used = set(session.scalars(select(File.sha256).where(File.sha256.in_(batch))))
+        used |= set(session.scalars(select(StagedBlob.sha256).where(StagedBlob.sha256.in_(batch))))
+    for sha256 in batch:
+        if sha256 in used:
+            continue
+        report.unreferenced += 1
+        written = archive.store.modified(blob_key(sha256))
+        if written is None or written > cutoff:
+            report.kept_young += 1
+            continue
+        if not dry_run:
+            delete_unreferenced(db, archive, {sha256})
+        report.removed += 1
