@@ -36,7 +36,7 @@ def is_admin(session: Session, user_id: str) -> bool:
     return bool(user is not None and user.admin)
 
 
-def _projects_of(user: str) -> Select[tuple[str]]:
+def _projects_of(user: str) -> Select[str]:
     return select(ProjectMember.project_id).where(ProjectMember.user_id == user)
 
 
@@ -107,11 +107,18 @@ def find_instruments(
     instrument_id: str | None = None,
     project: str | None = None,
 ) -> list[Instrument]:
-    """Instruments the viewer may see (those of their projects), by id and/or project."""
+    """Instruments the viewer may see (those of their projects), by id and/or project.
+
+    A project's instruments are listed only to its members (and admins).
+    """
     statement = select(Instrument).order_by(Instrument.id)
     if instrument_id is not None:
         statement = statement.where(Instrument.id == instrument_id)
     if project is not None:
+        if not viewer.admin and (
+            viewer.user is None or not _is_member(session, viewer.user, project)
+        ):
+            return []
         of_project = select(ProjectInstrument.instrument_id).where(
             ProjectInstrument.project_id == project
         )

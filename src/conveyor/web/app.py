@@ -16,7 +16,7 @@ from conveyor.observability import metrics
 from conveyor.runtime import Runtime
 from conveyor.web import health, problems
 from conveyor.web.api_v1 import admin, ingest, jobs, transactions
-from conveyor.web.compat import pacifica_ingest
+from conveyor.web.compat import pacifica_ingest, pacifica_policy
 
 DESCRIPTION = (
     "Conveyor moves research data: ingest bundles into a checksummed archive, follow jobs, "
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         transactions.router,
         admin.router,
         pacifica_ingest.router,
+        pacifica_policy.router,
     ):
         app.include_router(router)
     app.add_middleware(RequestMetrics)
