@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_put_then_read_back(archive: Archive, archive_url: str) -> None:
     stored = archive.put_chunks(chunks)
 
     assert stored.sha256 == sha256_of(data)
-    assert stored.hashes == {"sha256": sha256_of(data)}
+    assert stored.hashes == {"sha256": sha256_of(data), "crc32": f"{zlib.crc32(data):08x}"}
     assert stored.size == len(data)
     assert stored.created is True
     assert archive.exists(stored.sha256)
@@ -105,6 +106,7 @@ def test_extra_hashes(archive: Archive) -> None:
 
     assert stored.hashes == {
         "sha256": hashlib.sha256(data).hexdigest(),
+        "crc32": f"{zlib.crc32(data):08x}",
         "sha1": hashlib.sha1(data).hexdigest(),
         "md5": hashlib.md5(data).hexdigest(),
     }

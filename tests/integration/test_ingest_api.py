@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -51,6 +52,7 @@ def test_good_bundle_becomes_a_transaction_with_metadata_first_or_last(
         for key, data in GOOD_MEMBERS.items():
             record = paths[key.removeprefix("data/")]
             assert record["sha256"] == hashlib.sha256(data).hexdigest()
+            assert record["crc32"] == f"{zlib.crc32(data):08x}"
             body = client.get(f"/api/v1/files/{record['id']}/content")
             assert body.content == data
     # foo.txt and the Japanese file share bytes, so foo and bar are stored once each;

@@ -93,7 +93,7 @@ def test_reader_computes_only_declared_hashes_when_metadata_comes_first() -> Non
     BundleReader(memory_archive(), LIMITS, staged.append).read(
         io.BytesIO(make_tar(GOOD_MEMBERS, good_metadata()))
     )
-    assert {tuple(sorted(m.hashes)) for m in staged} == {("sha1", "sha256")}
+    assert {tuple(sorted(m.hashes)) for m in staged} == {("crc32", "sha1", "sha256")}
 
 
 def test_source_that_shrinks_is_caught(tmp_path: Path) -> None:

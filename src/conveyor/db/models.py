@@ -132,6 +132,8 @@ class File(Base):
     name: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # zip needs each member's CRC-32 before the first byte of a streamed bundle goes out.
+    crc32: Mapped[int | None] = mapped_column(BigInteger, default=None)
     mimetype: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
     mtime: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     ctime: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

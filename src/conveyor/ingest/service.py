@@ -279,6 +279,11 @@ def publish(
     return transaction_id
 
 
+def _crc32(staged: StagedFile) -> int | None:
+    value = staged.hashes.get("crc32")
+    return int(value, 16) if value else None
+
+
 def _insert_files(
     session: Session,
     transaction_id: int,
@@ -296,6 +301,7 @@ def _insert_files(
                 "name": entry.name,
                 "size": entry.size,
                 "sha256": staged[entry.key].sha256,
+                "crc32": _crc32(staged[entry.key]),
                 "mimetype": entry.mimetype,
                 "mtime": entry.mtime,
                 "ctime": entry.ctime,

@@ -11,6 +11,7 @@ import hashlib
 import re
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -40,6 +41,26 @@ def blob_key(sha256: str) -> str:
     return f"blobs/{sha256[:2]}/{sha256}"
 
 
+class Crc32:
+    """CRC-32 with hashlib's update/hexdigest interface, so it rides along with the hashes."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, chunk: bytes) -> None:
+        """Fold ``chunk`` in."""
+        self.value = zlib.crc32(chunk, self.value)
+
+    def hexdigest(self) -> str:
+        """Eight hex digits."""
+        return f"{self.value:08x}"
+
+
+def new_hasher(name: str) -> Crc32 | Any:
+    """A hasher for a hashlib name, or for ``crc32``."""
+    return Crc32() if name == "crc32" else hashlib.new(name)
+
+
 class BlobWriter:
     """Streams one blob into the archive; use as a context manager, then read :attr:`result`."""
 
@@ -47,7 +68,9 @@ class BlobWriter:
         self._archive = archive
         self._temp_key = f"tmp/{uuid.uuid4().hex}"
         self._sha256 = hashlib.sha256()
-        self._extra = {name: hashlib.new(name) for name in extra_hashes if name != "sha256"}
+        # crc32 always: zip bundles need it, and it costs little next to sha256.
+        names = {"crc32", *extra_hashes} - {"sha256"}
+        self._extra = {name: new_hasher(name) for name in names}
         self._size = 0
         self._file: IO[bytes] | None = None
         self.result: StoredBlob | None = None

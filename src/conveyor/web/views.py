@@ -61,6 +61,7 @@ def file_view(row: File) -> dict[str, Any]:
         "name": row.name,
         "size": row.size,
         "sha256": row.sha256,
+        "crc32": f"{row.crc32:08x}" if row.crc32 is not None else None,
         "mimetype": row.mimetype,
         "mtime": _iso(row.mtime),
         "ctime": _iso(row.ctime),

@@ -114,6 +114,7 @@ def upgrade() -> None:
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("crc32", sa.BigInteger(), nullable=True),
         sa.Column("mimetype", sa.String(length=255), nullable=False),
         sa.Column("mtime", TIMESTAMP, nullable=True),
         sa.Column("ctime", TIMESTAMP, nullable=True),
