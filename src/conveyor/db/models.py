@@ -225,3 +225,54 @@ class OutboxEvent(Base):
     time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     data: Mapped[Any] = mapped_column(JSON)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class Cart(Timestamped, Base):
+    """A requested bundle of archived files; identical requests share one cart."""
+
+    __tablename__ = "carts"
+    __table_args__ = (UniqueConstraint("request_hash"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(8))
+    mode: Mapped[str] = mapped_column(String(8), default="stream")
+    state: Mapped[str] = mapped_column(String(16), default="waiting", index=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    etag: Mapped[str | None] = mapped_column(String(128), default=None)
+    last_download_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class CartItem(Base):
+    """One file of a cart, at its path inside the bundle, in bundle order."""
+
+    __tablename__ = "cart_items"
+    __table_args__ = (Index("ix_cart_items_cart_id_position", "cart_id", "position"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    cart_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("carts.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    file_id: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    crc32: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    mtime: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class CartRequester(Base):
+    """Someone who asked for a cart (every one of them is told when it is ready)."""
+
+    __tablename__ = "cart_requesters"
+
+    cart_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("carts.id", ondelete="CASCADE"), primary_key=True
+    )
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

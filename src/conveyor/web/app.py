@@ -15,7 +15,7 @@ from conveyor.config import Settings
 from conveyor.observability import metrics
 from conveyor.runtime import Runtime
 from conveyor.web import health, problems
-from conveyor.web.api_v1 import admin, ingest, jobs, transactions
+from conveyor.web.api_v1 import admin, carts, ingest, jobs, transactions
 from conveyor.web.compat import pacifica_ingest, pacifica_policy
 
 DESCRIPTION = (
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         ingest.router,
         jobs.router,
         transactions.router,
+        carts.router,
         admin.router,
         pacifica_ingest.router,
         pacifica_policy.router,

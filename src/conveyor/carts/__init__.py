@@ -1,0 +1,1 @@
+"""Carts: bundles of archived files, tar or zip, streamed or built once."""

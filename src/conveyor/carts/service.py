@@ -1,0 +1,246 @@
+"""Carts: validating requests, one cart per identical request, and the bundle of a cart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from conveyor.auth.principal import Principal
+from conveyor.carts.layout import BundleEntry, BundleLayout, make_layout, manifest_json
+from conveyor.carts.paths import BadBundlePath, bundle_path
+from conveyor.db.models import Cart, CartItem, CartRequester, File, ProjectMember, Transaction
+from conveyor.errors import BadRequest, Conflict, NotFound
+from conveyor.storage.archive import Archive
+
+Format = Literal["tar", "zip"]
+LOOKUP_BATCH = 500
+READY = "ready"
+
+
+@dataclass(frozen=True)
+class RequestedFile:
+    """A file asked for, and where it should stand in the bundle (default: subdir/name)."""
+
+    file_id: int
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class CartItemSpec:
+    """A checked item: the file's identity and its path in the bundle."""
+
+    file_id: int
+    path: str
+    size: int
+    sha256: str
+    crc32: int | None
+    mtime: float
+
+
+def _readable_projects(session: Session, principal: Principal) -> set[str]:
+    query = select(ProjectMember.project_id).where(ProjectMember.user_id == principal.user)
+    return set(session.scalars(query))
+
+
+def _files_of(session: Session, ids: list[int]) -> dict[int, tuple[File, Transaction]]:
+    found: dict[int, tuple[File, Transaction]] = {}
+    for start in range(0, len(ids), LOOKUP_BATCH):
+        batch = ids[start : start + LOOKUP_BATCH]
+        rows = session.execute(
+            select(File, Transaction)
+            .join(Transaction, Transaction.id == File.transaction_id)
+            .where(File.id.in_(batch))
+        )
+        for file, transaction in rows:
+            found[file.id] = (file, transaction)
+    return found
+
+
+def resolve_items(
+    session: Session,
+    principal: Principal,
+    files: Iterable[RequestedFile],
+    transactions: Iterable[int] = (),
+) -> list[CartItemSpec]:
+    """The cart's items in bundle order (by path), after every check a request must pass."""
+    wanted = list(files)
+    for transaction_id in transactions:
+        ids = session.scalars(select(File.id).where(File.transaction_id == transaction_id))
+        listed = [RequestedFile(file_id) for file_id in ids]
+        if not listed:
+            raise NotFound(f"transaction {transaction_id} does not exist or holds no files")
+        wanted.extend(listed)
+    if not wanted:
+        raise BadRequest("a cart needs at least one file or transaction")
+    found = _files_of(session, sorted({item.file_id for item in wanted}))
+    projects = None if principal.admin else _readable_projects(session, principal)
+    items: dict[str, CartItemSpec] = {}
+    for item in wanted:
+        pair = found.get(item.file_id)
+        if pair is None or not _may_read(principal, pair[1], projects):
+            raise NotFound(f"file {item.file_id} does not exist")
+        file = pair[0]
+        default = f"{file.subdir}/{file.name}" if file.subdir else file.name
+        try:
+            path = bundle_path(item.path if item.path is not None else default)
+        except BadBundlePath as exc:
+            raise BadRequest(str(exc)) from None
+        if path in items:
+            raise BadRequest(f"path {path!r} is asked for twice")
+        items[path] = CartItemSpec(
+            file.id,
+            path,
+            file.size,
+            file.sha256,
+            file.crc32,
+            file.mtime.timestamp() if file.mtime else 0.0,
+        )
+    _refuse_file_folder_clashes(items)
+    return [items[path] for path in sorted(items)]
+
+
+def _may_read(principal: Principal, transaction: Transaction, projects: set[str] | None) -> bool:
+    if projects is None or transaction.owner == principal.user:
+        return True
+    return transaction.project in projects
+
+
+def _refuse_file_folder_clashes(items: dict[str, CartItemSpec]) -> None:
+    for path in items:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in items:
+                raise BadRequest(f"path {folder!r} is a file and also a folder of {path!r}")
+
+
+def request_hash(fmt: Format, items: list[CartItemSpec]) -> str:
+    """The canonical identity of a request: format, and each file's identity and path."""
+    canonical = json.dumps(
+        {"format": fmt, "items": [[i.file_id, i.sha256, i.path] for i in items]},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def create_or_join(
+    session: Session,
+    principal: Principal,
+    fmt: Format,
+    items: list[CartItemSpec],
+    idempotency_key: str | None,
+) -> tuple[Cart, bool]:
+    """The cart for this request and whether it is new; identical requests share one."""
+    if idempotency_key:
+        replay = session.scalar(
+            select(Cart)
+            .join(CartRequester, CartRequester.cart_id == Cart.id)
+            .where(
+                CartRequester.user == principal.user,
+                CartRequester.idempotency_key == idempotency_key,
+            )
+        )
+        if replay is not None:
+            return replay, False
+    digest = request_hash(fmt, items)
+    cart = session.scalar(select(Cart).where(Cart.request_hash == digest))
+    created = cart is None
+    if cart is None:
+        cart = Cart(
+            request_hash=digest,
+            format=fmt,
+            mode="stream",
+            state=READY,
+            owner=principal.user,
+            file_count=len(items),
+        )
+        session.add(cart)
+        session.flush()
+        session.execute(
+            insert(CartItem),
+            [
+                {
+                    "cart_id": cart.id,
+                    "position": position,
+                    "file_id": item.file_id,
+                    "path": item.path,
+                    "size": item.size,
+                    "sha256": item.sha256,
+                    "crc32": item.crc32,
+                    "mtime": item.mtime,
+                }
+                for position, item in enumerate(items)
+            ],
+        )
+    if session.get(CartRequester, (cart.id, principal.user)) is None:
+        session.add(
+            CartRequester(cart_id=cart.id, user=principal.user, idempotency_key=idempotency_key)
+        )
+    session.flush()
+    return cart, created
+
+
+def visible_cart(session: Session, principal: Principal, cart_id: int) -> Cart:
+    """The cart if the principal asked for it (or is an admin), else :class:`NotFound`."""
+    cart = session.get(Cart, cart_id)
+    if cart is None:
+        raise NotFound(f"cart {cart_id} does not exist")
+    if not principal.admin and session.get(CartRequester, (cart_id, principal.user)) is None:
+        raise NotFound(f"cart {cart_id} does not exist")
+    return cart
+
+
+def remove(session: Session, principal: Principal, cart_id: int) -> bool:
+    """Withdraw the principal's request; the cart goes when nobody (or an admin) wants it.
+
+    True when the cart itself was deleted.
+    """
+    cart = visible_cart(session, principal, cart_id)
+    session.execute(
+        delete(CartRequester).where(
+            CartRequester.cart_id == cart_id, CartRequester.user == principal.user
+        )
+    )
+    others = session.scalar(select(CartRequester.user).where(CartRequester.cart_id == cart_id))
+    if others is not None and not principal.admin:
+        return False
+    session.delete(cart)
+    return True
+
+
+def _entries(session: Session, archive: Archive, cart: Cart) -> Iterator[BundleEntry]:
+    rows = session.scalars(
+        select(CartItem).where(CartItem.cart_id == cart.id).order_by(CartItem.position)
+    )
+    for row in rows:
+        if row.crc32 is None and cart.format == "zip":
+            raise Conflict(f"file {row.file_id} has no CRC-32 record, so it cannot be zipped")
+        yield BundleEntry(
+            path=row.path,
+            size=row.size,
+            mtime=row.mtime,
+            sha256=row.sha256,
+            crc32=row.crc32 or 0,
+            read=_reader(archive, row.sha256),
+        )
+
+
+def _reader(archive: Archive, sha256: str) -> Callable[[int, int], Iterator[bytes]]:
+    def read(start: int, end: int) -> Iterator[bytes]:
+        return archive.read_range(sha256, start, end)
+
+    return read
+
+
+def layout_of(session: Session, archive: Archive, cart: Cart) -> BundleLayout:
+    """The cart's bundle: exact size, ETag, and any byte range on demand."""
+    entries = list(_entries(session, archive, cart))
+    manifest = manifest_json(entries, [])
+    return make_layout("zip" if cart.format == "zip" else "tar", entries, manifest)

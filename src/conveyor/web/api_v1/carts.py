@@ -1,0 +1,121 @@
+"""Native carts API: ask for files as one tar or zip, follow it, download it with Range."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from conveyor.carts import service
+from conveyor.db.models import Cart
+from conveyor.db.types import utcnow
+from conveyor.web.deps import PrincipalDep, RuntimeDep
+from conveyor.web.ranges import parse_range
+
+router = APIRouter(prefix="/api/v1/carts", tags=["carts"])
+MAX_FILES = 1_000_000
+
+
+class CartFile(BaseModel):
+    """A file to put in the bundle, optionally at another path than its own."""
+
+    id: int = Field(ge=1)
+    path: str | None = Field(None, max_length=4096)
+
+
+class CartRequest(BaseModel):
+    """Files (and whole transactions) to bundle, and how."""
+
+    files: list[CartFile] = Field(default_factory=list, max_length=MAX_FILES)
+    transactions: list[int] = Field(default_factory=list, max_length=10_000)
+    format: Literal["tar", "zip"] = "tar"
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+
+
+def cart_view(cart: Cart) -> dict[str, Any]:
+    """A cart in the native API."""
+    return {
+        "id": cart.id,
+        "format": cart.format,
+        "mode": cart.mode,
+        "status": cart.state,
+        "file_count": cart.file_count,
+        "bytes_total": cart.total_size,
+        "bytes_done": cart.bytes_done,
+        "error": cart.error,
+        "item_errors": cart.item_errors,
+        "etag": cart.etag,
+        "created_at": cart.created_at.isoformat().replace("+00:00", "Z"),
+        "bundle": f"/api/v1/carts/{cart.id}/bundle",
+    }
+
+
+@router.post("", summary="Ask for a cart", status_code=201)
+def create_cart(body: CartRequest, runtime: RuntimeDep, principal: PrincipalDep) -> JSONResponse:
+    """One cart per identical request: 201 when new, 200 when joined (or an idempotent replay)."""
+    requested = [service.RequestedFile(item.id, item.path) for item in body.files]
+    with runtime.db.session() as session:
+        items = service.resolve_items(session, principal, requested, body.transactions)
+        cart, created = service.create_or_join(
+            session, principal, body.format, items, body.idempotency_key
+        )
+        if created:
+            layout = service.layout_of(session, runtime.archive, cart)
+            cart.total_size = layout.size
+            cart.bytes_done = layout.size
+            cart.etag = layout.etag
+        view = cart_view(cart)
+    return JSONResponse(view, status_code=201 if created else 200)
+
+
+@router.get("/{cart_id}", summary="A cart's status")
+def get_cart(cart_id: int, runtime: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Status, bytes done and total, and a readable error per failed file."""
+    with runtime.db.session() as session:
+        return cart_view(service.visible_cart(session, principal, cart_id))
+
+
+@router.delete("/{cart_id}", summary="Withdraw a cart", status_code=204)
+def delete_cart(cart_id: int, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
+    """Withdraw your request; the cart is deleted once nobody else wants it."""
+    with runtime.db.session() as session:
+        service.remove(session, principal, cart_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{cart_id}/bundle",
+    summary="Download the bundle (HTTP Range supported)",
+    response_class=StreamingResponse,
+)
+def get_bundle(
+    cart_id: int,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    range_header: Annotated[str | None, Header(alias="range")] = None,
+    if_range: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The bundle with exact length and ETag; one byte range answers 206."""
+    with runtime.db.session() as session:
+        cart = service.visible_cart(session, principal, cart_id)
+        layout = service.layout_of(session, runtime.archive, cart)
+        cart.last_download_at = utcnow()
+        name = f"cart-{cart.id}.{cart.format}"
+    etag = f'"{layout.etag}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{name}"',
+    }
+    span = None if if_range and if_range != etag else parse_range(range_header, layout.size)
+    start, end = span if span else (0, layout.size)
+    headers["Content-Length"] = str(end - start)
+    status = 200
+    if span is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{layout.size}"
+    return StreamingResponse(
+        layout.chunks(start, end), status_code=status, headers=headers, media_type=layout.media_type
+    )
