@@ -13,7 +13,6 @@ is read from /proc.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -23,32 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from conveyor.client.bundler import BundleStream, collect, metadata_fields
-
-MIB = 1024 * 1024
-
-
-def make_tree(root: Path, count: int, size: int) -> Path:
-    """``count`` files of ``size`` random bytes (random, so no blob is deduplicated)."""
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    for index in range(count):
-        sub = root / f"d{index % 50:02d}"
-        sub.mkdir(exist_ok=True)
-        (sub / f"f{index:05d}.bin").write_bytes(os.urandom(size))
-    return root
-
-
-def make_bundle(tree: Path, path: Path) -> Path:
-    """A Pacifica bundle of ``tree`` as the uploader writes it (metadata.txt last, sha1)."""
-    stream = BundleStream(collect([tree]), metadata_fields("bench", None, [], None))
-    with path.open("wb") as out:
-        for chunk in stream.chunks():
-            out.write(chunk)
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import MIB, ingest_bundle, make_bundle, make_tree, peak_rss_mb, start_server
 
 
 def floor_seconds(bundle: Path, scratch: Path) -> tuple[float, float]:
@@ -73,58 +48,12 @@ def floor_seconds(bundle: Path, scratch: Path) -> tuple[float, float]:
     return unsynced, time.perf_counter() - started
 
 
-def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    env["CONVEYOR_DATA_DIR"] = str(data_dir)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def conveyor_seconds(bundle: Path, url: str) -> float:
     """Seconds from the first byte sent to the transaction published."""
     os.sync()
     started = time.perf_counter()
-    answer = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "-X",
-            "POST",
-            "-T",
-            str(bundle),
-            "-H",
-            "Content-Type: application/x-tar",
-            f"{url}/api/v1/ingest",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    job = json.loads(answer.stdout)
-    while not job.get("complete"):
-        time.sleep(0.02)
-        job = httpx.get(f"{url}/api/v1/jobs/{job['id']}").json()
-    elapsed = time.perf_counter() - started
-    if job["state"] != "succeeded":
-        raise RuntimeError(f"ingest failed: {job}")
-    return elapsed
+    ingest_bundle(bundle, url)
+    return time.perf_counter() - started
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Ingest and read back with the archive in S3 (moto_server) and GCS (gcp-storage-emulator)."""
+"""Ingest, read back and stream carts with the archive in S3 (moto_server) and GCS (emulator)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def test_ingest_into_an_object_store(
                 f"/api/v1/files/{record['id']}/content", headers={"Range": "bytes=1-2"}
             )
             assert (part.status_code, part.content) == (206, data[1:3])
+        for fmt in ("tar", "zip"):
+            cart = client.post(
+                "/api/v1/carts", json={"transactions": [transaction["id"]], "format": fmt}
+            ).json()
+            whole = client.get(cart["bundle"]).content
+            assert len(whole) == cart["bytes_total"]
+            resumed = client.get(cart["bundle"], headers={"Range": "bytes=700-"}).content
+            assert whole[:700] + resumed == whole
         failed = client.post(
             "/api/v1/ingest", content=make_tar(GOOD_MEMBERS, variant("bad-hashsum"))
         ).json()

@@ -1,0 +1,89 @@
+"""What the benchmarks share: data sets, a server on the embedded default, and RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from conveyor.client.bundler import BundleStream, collect, metadata_fields
+
+MIB = 1024 * 1024
+
+
+def make_tree(root: Path, count: int, size: int) -> Path:
+    """``count`` files of ``size`` random bytes (random, so no blob is deduplicated)."""
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for index in range(count):
+        sub = root / f"d{index % 50:02d}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"f{index:05d}.bin").write_bytes(os.urandom(size))
+    return root
+
+
+def make_bundle(tree: Path, path: Path) -> Path:
+    """A Pacifica bundle of ``tree`` as the uploader writes it (metadata.txt last, sha1)."""
+    stream = BundleStream(collect([tree]), metadata_fields("bench", None, [], None))
+    with path.open("wb") as out:
+        for chunk in stream.chunks():
+            out.write(chunk)
+    return path
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env["CONVEYOR_DATA_DIR"] = str(data_dir)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ingest_bundle(bundle: Path, url: str) -> dict[str, object]:
+    """Upload a bundle with curl and wait for its job; the finished job."""
+    answer = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            "-T",
+            str(bundle),
+            "-H",
+            "Content-Type: application/x-tar",
+            f"{url}/api/v1/ingest",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    job = json.loads(answer.stdout)
+    while not job.get("complete"):
+        time.sleep(0.02)
+        job = httpx.get(f"{url}/api/v1/jobs/{job['id']}").json()
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"ingest failed: {job}")
+    return dict(job)
