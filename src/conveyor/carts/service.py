@@ -216,19 +216,29 @@ def remove(session: Session, principal: Principal, cart_id: int) -> bool:
 
 
 def _entries(session: Session, archive: Archive, cart: Cart) -> Iterator[BundleEntry]:
-    rows = session.scalars(
-        select(CartItem).where(CartItem.cart_id == cart.id).order_by(CartItem.position)
+    # Plain rows, not ORM objects: a cart of 10,000 files is read on every download.
+    rows = session.execute(
+        select(
+            CartItem.file_id,
+            CartItem.path,
+            CartItem.size,
+            CartItem.mtime,
+            CartItem.sha256,
+            CartItem.crc32,
+        )
+        .where(CartItem.cart_id == cart.id)
+        .order_by(CartItem.position)
     )
-    for row in rows:
-        if row.crc32 is None and cart.format == "zip":
-            raise Conflict(f"file {row.file_id} has no CRC-32 record, so it cannot be zipped")
+    for file_id, path, size, mtime, sha256, crc32 in rows:
+        if crc32 is None and cart.format == "zip":
+            raise Conflict(f"file {file_id} has no CRC-32 record, so it cannot be zipped")
         yield BundleEntry(
-            path=row.path,
-            size=row.size,
-            mtime=row.mtime,
-            sha256=row.sha256,
-            crc32=row.crc32 or 0,
-            read=_reader(archive, row.sha256),
+            path=path,
+            size=size,
+            mtime=mtime,
+            sha256=sha256,
+            crc32=crc32 or 0,
+            read=_reader(archive, sha256),
         )
 
 
