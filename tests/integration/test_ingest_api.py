@@ -173,3 +173,19 @@ def create_client_app(runtime: Runtime):  # type: ignore[no-untyped-def]
     from conveyor.web.app import create_app
 
     return create_app(runtime=runtime)
+
+
+def test_file_content_answers_ranges_and_conditions(client: TestClient) -> None:
+    job = upload(client, good_tar())
+    record = client.get(f"/api/v1/transactions/{job['transaction_id']}").json()["files"][0]
+    url = f"/api/v1/files/{record['id']}/content"
+    whole = client.get(url)
+    etag = whole.headers["etag"]
+    assert etag == f'"{record["sha256"]}"'
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    part = client.get(url, headers={"Range": "bytes=1-", "If-Range": etag})
+    assert (part.status_code, part.content) == (206, whole.content[1:])
+    stale = client.get(url, headers={"Range": "bytes=1-", "If-Range": '"other"'})
+    assert (stale.status_code, stale.content) == (200, whole.content)
+    assert client.get(url, headers={"Range": "bytes=99-"}).status_code == 416
+    assert "filename*=UTF-8''" in whole.headers["content-disposition"]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from starlette.responses import Response, StreamingResponse
 
 from conveyor.errors import RangeNotSatisfiable
 
@@ -33,3 +38,48 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size or (last and int(last) < start):
         raise RangeNotSatisfiable(f"range {header!r} is outside the {size}-byte content")
     return start, end
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """The request headers that decide between 200, 206 and 304."""
+
+    range: str | None = None
+    if_range: str | None = None
+    if_none_match: str | None = None
+
+
+def ranged_response(
+    *,
+    size: int,
+    etag: str,
+    filename: str,
+    media_type: str,
+    body: Callable[[int, int], Iterator[bytes]],
+    conditions: Conditions,
+) -> Response:
+    """A download answer: exact length, strong ETag, ``Accept-Ranges`` and single ranges.
+
+    ``body(start, end)`` yields bytes ``[start, end)``. ``If-Range`` with another ETag gets
+    the whole content; ``If-None-Match`` with this one gets a 304.
+    """
+    quoted = f'"{etag}"'
+    headers = {
+        "ETag": quoted,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
+    }
+    if conditions.if_none_match and quoted in conditions.if_none_match:
+        return Response(status_code=304, headers=headers)
+    stale = conditions.if_range is not None and conditions.if_range != quoted
+    span = None if stale else parse_range(conditions.range, size)
+    start, end = span if span else (0, size)
+    headers["Content-Length"] = str(end - start)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(
+        body(start, end),
+        status_code=206 if span is not None else 200,
+        headers=headers,
+        media_type=media_type,
+    )

@@ -12,7 +12,7 @@ from conveyor.carts import service
 from conveyor.db.models import Cart
 from conveyor.db.types import utcnow
 from conveyor.web.deps import PrincipalDep, RuntimeDep
-from conveyor.web.ranges import parse_range
+from conveyor.web.ranges import Conditions, ranged_response
 
 router = APIRouter(prefix="/api/v1/carts", tags=["carts"])
 MAX_FILES = 1_000_000
@@ -96,6 +96,7 @@ def get_bundle(
     principal: PrincipalDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
     if_range: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The bundle with exact length and ETag; one byte range answers 206."""
     with runtime.db.session() as session:
@@ -103,19 +104,11 @@ def get_bundle(
         layout = service.layout_of(session, runtime.archive, cart)
         cart.last_download_at = utcnow()
         name = f"cart-{cart.id}.{cart.format}"
-    etag = f'"{layout.etag}"'
-    headers = {
-        "ETag": etag,
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": f'attachment; filename="{name}"',
-    }
-    span = None if if_range and if_range != etag else parse_range(range_header, layout.size)
-    start, end = span if span else (0, layout.size)
-    headers["Content-Length"] = str(end - start)
-    status = 200
-    if span is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{layout.size}"
-    return StreamingResponse(
-        layout.chunks(start, end), status_code=status, headers=headers, media_type=layout.media_type
+    return ranged_response(
+        size=layout.size,
+        etag=layout.etag,
+        filename=name,
+        media_type=layout.media_type,
+        body=layout.chunks,
+        conditions=Conditions(range_header, if_range, if_none_match),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -9,7 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from conveyor.ingest import queries
 from conveyor.web.deps import PrincipalDep, RuntimeDep
-from conveyor.web.ranges import parse_range
+from conveyor.web.ranges import Conditions, ranged_response
 from conveyor.web.views import file_view, transaction_view
 
 router = APIRouter(prefix="/api/v1", tags=["transactions"])
@@ -81,31 +82,21 @@ def get_content(
     runtime: RuntimeDep,
     principal: PrincipalDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
+    if_range: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The file's bytes, whole or one range, with ``ETag`` (its sha256) and exact length."""
     with runtime.db.session() as session:
         row = queries.get_file(session, principal, file_id)
-    etag = f'"{row.sha256}"'
-    headers = {
-        "ETag": etag,
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(row.name)}",
-    }
-    if if_none_match and etag in if_none_match:
-        return Response(status_code=304, headers=headers)
-    span = parse_range(range_header, row.size)
-    start, end = span if span else (0, row.size)
-    headers["Content-Length"] = str(end - start)
-    status = 200
-    if span is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{row.size}"
-    chunks = runtime.archive.read_range(row.sha256, start, end)
-    return StreamingResponse(chunks, status_code=status, headers=headers, media_type=row.mimetype)
 
+    def body(start: int, end: int) -> Iterator[bytes]:
+        return runtime.archive.read_range(row.sha256, start, end)
 
-def _quote(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
+    return ranged_response(
+        size=row.size,
+        etag=row.sha256,
+        filename=row.name,
+        media_type=row.mimetype,
+        body=body,
+        conditions=Conditions(range_header, if_range, if_none_match),
+    )
