@@ -9,9 +9,10 @@ class ConveyorError(Exception):
     status = 500
     title = "Internal Server Error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class BadRequest(ConveyorError):

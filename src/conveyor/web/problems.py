@@ -61,7 +61,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ConveyorError)
     async def conveyor_error(request: Request, exc: ConveyorError) -> JSONResponse:
-        return problem(request, exc.status, exc.message)
+        response = problem(request, exc.status, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,6 +14,10 @@ from conveyor.errors import RangeNotSatisfiable
 SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
+def _unsatisfied(size: int) -> dict[str, str]:
+    return {"Content-Range": f"bytes */{size}"}
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The half-open ``[start, end)`` asked for, or ``None`` to send everything.
 
@@ -31,12 +35,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first:
         suffix = int(last)
         if suffix == 0:
-            raise RangeNotSatisfiable(f"range {header!r} asks for no bytes")
+            raise RangeNotSatisfiable(f"range {header!r} asks for no bytes", _unsatisfied(size))
         return max(0, size - suffix), size
     start = int(first)
     end = size if not last else min(size, int(last) + 1)
     if start >= size or (last and int(last) < start):
-        raise RangeNotSatisfiable(f"range {header!r} is outside the {size}-byte content")
+        raise RangeNotSatisfiable(
+            f"range {header!r} is outside the {size}-byte content", _unsatisfied(size)
+        )
     return start, end
 
 
