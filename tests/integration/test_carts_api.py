@@ -167,3 +167,34 @@ def test_duplicate_and_clashing_paths_are_refused(client: TestClient) -> None:
         client.post("/api/v1/carts", json={"format": "rar", "files": [{"id": one}]}).status_code
         == 422
     )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mariadb"])
+def test_concurrent_identical_requests_make_one_cart(
+    make_runtime: Callable[..., Runtime], backend: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import ExitStack
+
+    from tests.support.databases import scratch_database
+
+    with ExitStack() as stack:
+        overrides = {}
+        if backend != "sqlite":
+            overrides["database_url"] = stack.enter_context(scratch_database(backend))
+        runtime = make_runtime(**overrides)
+        with TestClient(create_app(runtime=runtime)) as client:
+            transaction = ingest(client)
+            request = {"transactions": [transaction["id"]], "format": "zip"}
+            with ThreadPoolExecutor(10) as pool:
+                answers = list(
+                    pool.map(lambda _: client.post("/api/v1/carts", json=request), range(30))
+                )
+            assert {answer.status_code for answer in answers} <= {200, 201}, [
+                a.text for a in answers
+            ]
+            assert [answer.status_code for answer in answers].count(201) == 1
+            assert len({answer.json()["id"] for answer in answers}) == 1
+            cart = answers[0].json()
+            assert len(client.get(cart["bundle"]).content) == cart["bytes_total"]
+        runtime.close()

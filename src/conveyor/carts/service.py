@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -15,6 +16,7 @@ from conveyor.auth.principal import Principal
 from conveyor.carts.layout import BundleEntry, BundleLayout, make_layout, manifest_json
 from conveyor.carts.paths import BadBundlePath, bundle_path
 from conveyor.db.models import Cart, CartItem, CartRequester, File, ProjectMember, Transaction
+from conveyor.db.upsert import insert_missing
 from conveyor.errors import BadRequest, Conflict, NotFound
 from conveyor.storage.archive import Archive
 
@@ -150,24 +152,42 @@ def create_or_join(
         if replay is not None:
             return replay, False
     digest = request_hash(fmt, items)
-    cart = session.scalar(select(Cart).where(Cart.request_hash == digest))
-    created = cart is None
-    if cart is None:
-        cart = Cart(
-            request_hash=digest,
-            format=fmt,
-            mode="stream",
-            state=READY,
-            owner=principal.user,
-            file_count=len(items),
-        )
-        session.add(cart)
-        session.flush()
+    # Insert-if-absent on the request hash: of many identical requests at once, exactly
+    # one creates the cart and the others join it.
+    token = uuid.uuid4().hex
+    insert_missing(
+        session,
+        Cart,
+        request_hash=digest,
+        creator_token=token,
+        format=fmt,
+        mode="stream",
+        state=READY,
+        owner=principal.user,
+        file_count=len(items),
+    )
+    cart = session.scalars(select(Cart).where(Cart.request_hash == digest)).one()
+    created = cart.creator_token == token
+    if created:
+        _insert_items(session, cart.id, items)
+    insert_missing(
+        session,
+        CartRequester,
+        cart_id=cart.id,
+        user=principal.user,
+        idempotency_key=idempotency_key,
+    )
+    session.flush()
+    return cart, created
+
+
+def _insert_items(session: Session, cart_id: int, items: list[CartItemSpec]) -> None:
+    for start in range(0, len(items), LOOKUP_BATCH):
         session.execute(
             insert(CartItem),
             [
                 {
-                    "cart_id": cart.id,
+                    "cart_id": cart_id,
                     "position": position,
                     "file_id": item.file_id,
                     "path": item.path,
@@ -176,15 +196,9 @@ def create_or_join(
                     "crc32": item.crc32,
                     "mtime": item.mtime,
                 }
-                for position, item in enumerate(items)
+                for position, item in enumerate(items[start : start + LOOKUP_BATCH], start)
             ],
         )
-    if session.get(CartRequester, (cart.id, principal.user)) is None:
-        session.add(
-            CartRequester(cart_id=cart.id, user=principal.user, idempotency_key=idempotency_key)
-        )
-    session.flush()
-    return cart, created
 
 
 def visible_cart(session: Session, principal: Principal, cart_id: int) -> Cart:

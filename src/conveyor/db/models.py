@@ -235,6 +235,8 @@ class Cart(Timestamped, Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     request_hash: Mapped[str] = mapped_column(String(64))
+    # Written by whichever identical request inserts the row, so that one knows it did.
+    creator_token: Mapped[str] = mapped_column(String(32))
     format: Mapped[str] = mapped_column(String(8))
     mode: Mapped[str] = mapped_column(String(8), default="stream")
     state: Mapped[str] = mapped_column(String(16), default="waiting", index=True)

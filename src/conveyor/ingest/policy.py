@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Executable, select
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conveyor.db.models import Base, Instrument, Project, ProjectInstrument, ProjectMember, User
+from conveyor.db.models import Instrument, Project, ProjectInstrument, ProjectMember, User
+from conveyor.db.upsert import insert_missing
 
 
 class PolicyError(Exception):
@@ -39,32 +37,16 @@ def record_names(session: Session, submitter: str, project: str, instrument: str
     on the unique key.
     """
     if session.get(User, submitter) is None:
-        _insert_missing(session, User, id=submitter)
+        insert_missing(session, User, id=submitter)
     if session.get(Project, project) is None:
-        _insert_missing(session, Project, id=project)
+        insert_missing(session, Project, id=project)
     if session.get(ProjectMember, (project, submitter)) is None:
-        _insert_missing(session, ProjectMember, project_id=project, user_id=submitter)
+        insert_missing(session, ProjectMember, project_id=project, user_id=submitter)
     if instrument is not None:
         if session.get(Instrument, instrument) is None:
-            _insert_missing(session, Instrument, id=instrument)
+            insert_missing(session, Instrument, id=instrument)
         if session.get(ProjectInstrument, (project, instrument)) is None:
-            _insert_missing(
-                session, ProjectInstrument, project_id=project, instrument_id=instrument
-            )
-
-
-def _insert_missing(session: Session, model: type[Base], **values: Any) -> None:
-    """``INSERT`` the row unless its primary key is taken (also by a concurrent writer)."""
-    statement: Executable
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        statement = postgresql.insert(model).values(**values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite.insert(model).values(**values).on_conflict_do_nothing()
-    else:  # mysql, mariadb: a no-op update of the key is MySQL's "do nothing"
-        key = next(iter(values))
-        statement = mysql.insert(model).values(**values).on_duplicate_key_update({key: values[key]})
-    session.execute(statement)
+            insert_missing(session, ProjectInstrument, project_id=project, instrument_id=instrument)
 
 
 def projects_of(session: Session, user: str) -> list[str]:

@@ -29,6 +29,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("request_hash", sa.String(length=64), nullable=False),
+        sa.Column("creator_token", sa.String(length=32), nullable=False),
         sa.Column("format", sa.String(length=8), nullable=False),
         sa.Column("mode", sa.String(length=8), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),

@@ -1,0 +1,31 @@
+"""Inserting a row unless its key is taken, also when a concurrent writer takes it first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Executable
+
+from conveyor.db.models import Base
+
+
+def insert_missing(session: Session, model: type[Base], **values: Any) -> None:
+    """``INSERT`` the row unless a unique key of it is taken.
+
+    The first keyword names the column a MySQL/MariaDB no-op update touches (its
+    "do nothing"), so pass a key column first. Whether this call inserted the row is not
+    reported: row counts differ by driver (MySQL's FOUND_ROWS counts the no-op update);
+    callers that need to know write a token of their own and read it back.
+    """
+    statement: Executable
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        statement = postgresql.insert(model).values(**values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite.insert(model).values(**values).on_conflict_do_nothing()
+    else:  # mysql, mariadb: a no-op update of the key is MySQL's "do nothing"
+        key = next(iter(values))
+        statement = mysql.insert(model).values(**values).on_duplicate_key_update({key: values[key]})
+    session.execute(statement)
