@@ -166,7 +166,11 @@ def create_or_join(
         owner=principal.user,
         file_count=len(items),
     )
-    cart = session.scalars(select(Cart).where(Cart.request_hash == digest)).one()
+    # A locking read: under MariaDB's repeatable read a plain SELECT would use this
+    # transaction's older snapshot and miss a cart another request just committed.
+    cart = session.scalars(
+        select(Cart).where(Cart.request_hash == digest).with_for_update(read=True)
+    ).one()
     created = cart.creator_token == token
     if created:
         _insert_items(session, cart.id, items)
