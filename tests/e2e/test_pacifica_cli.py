@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from tests.support.bundles import UPLOADER_JSON
-from tests.support.server import CONVEYOR, conveyor_env, running_server
+from tests.support.server import run_conveyor, running_server
 from tests.support.services import require_command
 
 pytestmark = pytest.mark.integration
@@ -57,23 +57,6 @@ class Server:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
-def conveyor(data_dir: Path, settings: dict[str, str], *commands: list[str]) -> list[str]:
-    """Run ``conveyor`` commands at once with the server's environment; their outputs."""
-    env = conveyor_env(data_dir, **settings)
-    processes = [
-        subprocess.Popen(
-            [*CONVEYOR, *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for command in commands
-    ]
-    outputs = []
-    for command, process in zip(commands, processes, strict=True):
-        out, err = process.communicate(timeout=60)
-        assert process.returncode == 0, f"conveyor {command}: {out!r} {err!r}"
-        outputs.append(out.decode())
-    return outputs
-
-
 @pytest.fixture(scope="module")
 def cli() -> str:
     """The pacifica-cli executable (from this virtualenv, else from PATH)."""
@@ -87,7 +70,7 @@ def server(
     """A strict-policy server knowing projects P (alice) and Q, and instrument I of P."""
     data_dir = tmp_path_factory.mktemp(f"cli-server-{request.param}")
     settings = {"policy": "strict", "auth": request.param}
-    conveyor(data_dir, settings, ["admin", "project", "add", "P", "--title", "Project P"])
+    run_conveyor(data_dir, settings, ["admin", "project", "add", "P", "--title", "Project P"])
     commands = [
         ["admin", "project", "add", "Q"],  # alice is no member of Q
         ["admin", "instrument", "add", "I", "--project", "P"],
@@ -95,7 +78,7 @@ def server(
     ]
     if request.param == "token":
         commands.append(["admin", "token", "create", "--user", "alice"])
-    outputs = conveyor(data_dir, settings, *commands)
+    outputs = run_conveyor(data_dir, settings, *commands)
     token = json.loads(outputs[-1])["token"] if request.param == "token" else None
     with running_server(data_dir, **settings) as url:
         yield Server(url, token)

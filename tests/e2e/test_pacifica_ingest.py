@@ -14,7 +14,6 @@ import json
 import random
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from tests.support.bundles import (
     move_metadata,
     variant,
 )
-from tests.support.server import CONVEYOR, conveyor_env, running_server
+from tests.support.server import run_conveyor, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -55,20 +54,8 @@ OK_DONE = ("OK", "ingest metadata", 100)
 
 
 def admin(data_dir: Path, settings: dict[str, str], *commands: list[str]) -> None:
-    """Run ``conveyor admin`` commands (at once) with the server's environment."""
-    env = conveyor_env(data_dir, **settings)
-    processes = [
-        subprocess.Popen(
-            [*CONVEYOR, "admin", *command],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for command in commands
-    ]
-    for command, process in zip(commands, processes, strict=True):
-        out, err = process.communicate(timeout=60)
-        assert process.returncode == 0, f"conveyor admin {command}: {out!r} {err!r}"
+    """Run ``conveyor admin`` commands with the server's environment."""
+    run_conveyor(data_dir, settings, *(["admin", *command] for command in commands))
 
 
 @pytest.fixture(scope="module")

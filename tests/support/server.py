@@ -106,3 +106,20 @@ def wait_job(
         if time.monotonic() > deadline:
             pytest.fail(f"job {job_id} not finished in {timeout} s: {job}")
         time.sleep(0.1)
+
+
+def run_conveyor(data_dir: Path, settings: dict[str, str], *commands: list[str]) -> list[str]:
+    """Run ``conveyor`` commands one after the other with a server's environment; outputs.
+
+    Sequential on purpose: admin commands racing on one fresh database (two registering
+    the same user) fail for reasons no test is about.
+    """
+    env = conveyor_env(data_dir, **settings)
+    outputs = []
+    for command in commands:
+        done = subprocess.run(
+            [*CONVEYOR, *command], env=env, capture_output=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, f"conveyor {command}: {done.stdout!r} {done.stderr!r}"
+        outputs.append(done.stdout.decode())
+    return outputs

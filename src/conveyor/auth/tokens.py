@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.db.models import ApiToken, User
 from conveyor.db.types import utcnow
+from conveyor.db.upsert import insert_missing
 
 PREFIX = "cvy_"
 
@@ -33,7 +34,7 @@ def digest(secret: str) -> str:
 def create_token(session: Session, user: str, admin: bool = False, label: str = "") -> IssuedToken:
     """Issue a token for ``user``, registering the user if needed."""
     if session.get(User, user) is None:
-        session.add(User(id=user, admin=admin))
+        insert_missing(session, User, id=user, admin=admin)
     secret = PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(user_id=user, token_hash=digest(secret), admin=admin, label=label)
     session.add(row)
