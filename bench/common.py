@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +17,22 @@ import httpx
 from conveyor.client.bundler import BundleStream, collect, metadata_fields
 
 MIB = 1024 * 1024
+# The two data sets every benchmark uses: (file count, file size).
+CASES = {
+    "large: 200 files, 1 GiB": (200, 5 * MIB + 128 * 1024),
+    "small: 10,000 x 4 KiB": (10_000, 4096),
+}
+
+
+def bench_arguments(description: str | None) -> tuple[Path, int]:
+    """The work folder (created) and the repeat count from the command line."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="conveyor-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    return work, int(args.repeat)
 
 
 def make_tree(root: Path, count: int, size: int) -> Path:

@@ -11,19 +11,26 @@ Page cache is warm for both sides (both read files the previous step just wrote 
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import MIB, ingest_bundle, make_bundle, make_tree, peak_rss_mb, start_server
+from common import (
+    CASES,
+    MIB,
+    bench_arguments,
+    ingest_bundle,
+    make_bundle,
+    make_tree,
+    peak_rss_mb,
+    start_server,
+)
 
 FLOORS = {
     "tar": "tar -cf - -C {parent} {name} | cat > /dev/null",
@@ -60,16 +67,7 @@ def download(url: str) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="conveyor-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    cases = {
-        "large: 200 files, 1 GiB": (200, 5 * MIB + 128 * 1024),
-        "small: 10,000 x 4 KiB": (10_000, 4096),
-    }
+    work, repeat = bench_arguments(__doc__)
     print(
         f"{'case':26} {'fmt':4} {'floor s':>8} {'conveyor s':>10} {'ratio':>6} "
         f"{'MB/s':>7} {'TTFB ms':>8} {'RSS MB':>7}"
@@ -79,7 +77,7 @@ def main() -> None:
     server = start_server(data_dir, 18100)
     url = "http://127.0.0.1:18100"
     try:
-        for number, (label, (count, size)) in enumerate(cases.items()):
+        for number, (label, (count, size)) in enumerate(CASES.items()):
             tree = make_tree(work / f"tree{number}", count, size)
             job = ingest_bundle(make_bundle(tree, work / f"bundle{number}.tar"), url)
             for fmt in ("tar", "zip"):
@@ -89,7 +87,7 @@ def main() -> None:
                     timeout=120,
                 ).json()
                 floors, totals, firsts = [], [], []
-                for _ in range(args.repeat):
+                for _ in range(repeat):
                     floors.append(floor_seconds(fmt, tree))
                     first, total, got = download(f"{url}{cart['bundle']}")
                     if got != cart["bytes_total"]:

@@ -12,18 +12,25 @@ is read from /proc.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import MIB, ingest_bundle, make_bundle, make_tree, peak_rss_mb, start_server
+from common import (
+    CASES,
+    MIB,
+    bench_arguments,
+    ingest_bundle,
+    make_bundle,
+    make_tree,
+    peak_rss_mb,
+    start_server,
+)
 
 
 def floor_seconds(bundle: Path, scratch: Path) -> tuple[float, float]:
@@ -57,26 +64,17 @@ def conveyor_seconds(bundle: Path, url: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="conveyor-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    cases = {
-        "large: 200 files, 1 GiB": (200, 5 * MIB + 128 * 1024),
-        "small: 10,000 files x 4 KiB": (10_000, 4096),
-    }
+    work, repeat = bench_arguments(__doc__)
     print(
         f"{'case':30} {'floor s':>8} {'+sync s':>8} {'conveyor s':>10} {'ratio':>6} "
         f"{'MB/s':>7} {'files/s':>8} {'RSS MB':>7}"
     )
-    for number, (label, (count, size)) in enumerate(cases.items()):
+    for number, (label, (count, size)) in enumerate(CASES.items()):
         tree = make_tree(work / f"tree{number}", count, size)
         bundle = make_bundle(tree, work / f"bundle{number}.tar")
         total = count * size
         bare, floors, ours, peaks = [], [], [], []
-        for attempt in range(args.repeat):
+        for attempt in range(repeat):
             unsynced, synced = floor_seconds(bundle, work / "floor")
             bare.append(unsynced)
             floors.append(synced)

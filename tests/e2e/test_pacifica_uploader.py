@@ -152,6 +152,13 @@ def test_bundle_written_to_a_file_and_uploaded_with_its_length(
     uploader = Uploader(upload_url=f"{url}{INGEST}/upload", status_url=f"{url}{INGEST}/get_state")
     with bundle_path.open("rb") as body:
         job_id = uploader.upload(body, content_length=bundle_path.stat().st_size)
+    assert_finished_and_archived(uploader, url, job_id, files)
+
+
+def assert_finished_and_archived(
+    uploader: Uploader, url: str, job_id: int, files: dict[str, bytes]
+) -> None:
+    """The published client sees OK / ingest metadata / 100, and the files are archived."""
     status = wait_for_upload(uploader, job_id)
     assert (status["state"], status["task"], int(float(status["task_percent"]))) == (
         "OK",
@@ -195,10 +202,4 @@ def test_bundle_streamed_through_a_pipe_with_env_configuration(
         finally:
             thread.join(timeout=30)
     assert not failures, failures
-    status = wait_for_upload(uploader, job_id)
-    assert (status["state"], status["task"], int(float(status["task_percent"]))) == (
-        "OK",
-        "ingest metadata",
-        100,
-    ), status
-    assert_archived(url, job_id, files)
+    assert_finished_and_archived(uploader, url, job_id, files)

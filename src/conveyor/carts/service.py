@@ -215,11 +215,8 @@ def visible_cart(session: Session, principal: Principal, cart_id: int) -> Cart:
     return cart
 
 
-def remove(session: Session, principal: Principal, cart_id: int) -> bool:
-    """Withdraw the principal's request; the cart goes when nobody (or an admin) wants it.
-
-    True when the cart itself was deleted.
-    """
+def remove(session: Session, principal: Principal, cart_id: int) -> None:
+    """Withdraw the principal's request; the cart goes when nobody (or an admin) wants it."""
     cart = visible_cart(session, principal, cart_id)
     session.execute(
         delete(CartRequester).where(
@@ -227,10 +224,8 @@ def remove(session: Session, principal: Principal, cart_id: int) -> bool:
         )
     )
     others = session.scalar(select(CartRequester.user).where(CartRequester.cart_id == cart_id))
-    if others is not None and not principal.admin:
-        return False
-    session.delete(cart)
-    return True
+    if others is None or principal.admin:
+        session.delete(cart)
 
 
 def _entries(session: Session, archive: Archive, cart: Cart) -> Iterator[BundleEntry]:

@@ -247,7 +247,6 @@ class Cart(Timestamped, Base):
     error: Mapped[str] = mapped_column(Text, default="")
     item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     etag: Mapped[str | None] = mapped_column(String(128), default=None)
-    last_download_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class CartItem(Base):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import quote
 
+from fastapi import Depends, Header
 from starlette.responses import Response, StreamingResponse
 
 from conveyor.errors import RangeNotSatisfiable
@@ -53,6 +55,18 @@ class Conditions:
     range: str | None = None
     if_range: str | None = None
     if_none_match: str | None = None
+
+
+def request_conditions(
+    range_header: Annotated[str | None, Header(alias="range")] = None,
+    if_range: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Conditions:
+    """The download conditions of a request (a FastAPI dependency)."""
+    return Conditions(range_header, if_range, if_none_match)
+
+
+ConditionsDep = Annotated[Conditions, Depends(request_conditions)]
 
 
 def ranged_response(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from conveyor.db.models import File, Job, Transaction
+from conveyor.db.models import Cart, File, Job, Transaction
 from conveyor.jobs import states
 
 
@@ -83,4 +83,22 @@ def transaction_view(row: Transaction) -> dict[str, Any]:
         "file_count": row.file_count,
         "total_size": row.total_size,
         "key_values": [{"key": kv.key, "value": kv.value} for kv in row.key_values],
+    }
+
+
+def cart_view(cart: Cart) -> dict[str, Any]:
+    """A cart in the native API."""
+    return {
+        "id": cart.id,
+        "format": cart.format,
+        "mode": cart.mode,
+        "status": cart.state,
+        "file_count": cart.file_count,
+        "bytes_total": cart.total_size,
+        "bytes_done": cart.bytes_done,
+        "error": cart.error,
+        "item_errors": cart.item_errors,
+        "etag": cart.etag,
+        "created_at": _iso(cart.created_at),
+        "bundle": f"/api/v1/carts/{cart.id}/bundle",
     }

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from conveyor.carts import service
-from conveyor.db.models import Cart
-from conveyor.db.types import utcnow
 from conveyor.web.deps import PrincipalDep, RuntimeDep
-from conveyor.web.ranges import Conditions, ranged_response
+from conveyor.web.ranges import ConditionsDep, ranged_response
+from conveyor.web.views import cart_view
 
 router = APIRouter(prefix="/api/v1/carts", tags=["carts"])
 MAX_FILES = 1_000_000
@@ -32,24 +31,6 @@ class CartRequest(BaseModel):
     transactions: list[int] = Field(default_factory=list, max_length=10_000)
     format: Literal["tar", "zip"] = "tar"
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
-
-
-def cart_view(cart: Cart) -> dict[str, Any]:
-    """A cart in the native API."""
-    return {
-        "id": cart.id,
-        "format": cart.format,
-        "mode": cart.mode,
-        "status": cart.state,
-        "file_count": cart.file_count,
-        "bytes_total": cart.total_size,
-        "bytes_done": cart.bytes_done,
-        "error": cart.error,
-        "item_errors": cart.item_errors,
-        "etag": cart.etag,
-        "created_at": cart.created_at.isoformat().replace("+00:00", "Z"),
-        "bundle": f"/api/v1/carts/{cart.id}/bundle",
-    }
 
 
 @router.post("", summary="Ask for a cart", status_code=201)
@@ -94,15 +75,12 @@ def get_bundle(
     cart_id: int,
     runtime: RuntimeDep,
     principal: PrincipalDep,
-    range_header: Annotated[str | None, Header(alias="range")] = None,
-    if_range: Annotated[str | None, Header()] = None,
-    if_none_match: Annotated[str | None, Header()] = None,
+    conditions: ConditionsDep,
 ) -> Response:
     """The bundle with exact length and ETag; one byte range answers 206."""
     with runtime.db.session() as session:
         cart = service.visible_cart(session, principal, cart_id)
         layout = service.layout_of(session, runtime.archive, cart)
-        cart.last_download_at = utcnow()
         name = f"cart-{cart.id}.{cart.format}"
     return ranged_response(
         size=layout.size,
@@ -110,5 +88,5 @@ def get_bundle(
         filename=name,
         media_type=layout.media_type,
         body=layout.chunks,
-        conditions=Conditions(range_header, if_range, if_none_match),
+        conditions=conditions,
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 
 from conveyor.ingest import queries
 from conveyor.web.deps import PrincipalDep, RuntimeDep
-from conveyor.web.ranges import Conditions, ranged_response
+from conveyor.web.ranges import ConditionsDep, ranged_response
 from conveyor.web.views import file_view, transaction_view
 
 router = APIRouter(prefix="/api/v1", tags=["transactions"])
@@ -81,9 +81,7 @@ def get_content(
     file_id: int,
     runtime: RuntimeDep,
     principal: PrincipalDep,
-    range_header: Annotated[str | None, Header(alias="range")] = None,
-    if_range: Annotated[str | None, Header()] = None,
-    if_none_match: Annotated[str | None, Header()] = None,
+    conditions: ConditionsDep,
 ) -> Response:
     """The file's bytes, whole or one range, with ``ETag`` (its sha256) and exact length."""
     with runtime.db.session() as session:
@@ -98,5 +96,5 @@ def get_content(
         filename=row.name,
         media_type=row.mimetype,
         body=body,
-        conditions=Conditions(range_header, if_range, if_none_match),
+        conditions=conditions,
     )

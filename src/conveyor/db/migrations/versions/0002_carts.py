@@ -40,7 +40,6 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("item_errors", sa.JSON(), nullable=False),
         sa.Column("etag", sa.String(length=128), nullable=True),
-        sa.Column("last_download_at", TIMESTAMP, nullable=True),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_carts")),
