@@ -101,8 +101,6 @@ def test_sweeper_purges_temporary_writes_whose_writer_died(runtime: Runtime) -> 
     import os
     import time
 
-    from conveyor.ingest import jobs as ingest_jobs
-
     writer = runtime.archive.store.open_write("tmp/dead-writer")
     writer.write(b"partial")
     writer.close()
@@ -112,7 +110,6 @@ def test_sweeper_purges_temporary_writes_whose_writer_died(runtime: Runtime) -> 
     path = runtime.archive.store.local_path("tmp/dead-writer")
     assert path is not None
     os.utime(path, (old, old))
-    ingest_jobs._last_temp_purge[0] = 0.0
     Sweeper(runtime, runtime.executor).sweep()
     assert runtime.archive.store.size("tmp/dead-writer") is None
     assert runtime.archive.store.size("tmp/live-writer") == 0

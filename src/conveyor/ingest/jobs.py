@@ -19,7 +19,7 @@ from conveyor.ingest.staging import StagedFile, StagingBuffer, discard, staged_m
 from conveyor.ingest.verify import summarise, verify_staged
 from conveyor.jobs.context import JobContext
 from conveyor.jobs.errors import StepFailed
-from conveyor.jobs.executors import SWEEP_HOOKS
+from conveyor.jobs.executors import SWEEP_HOOKS, SweepHook
 from conveyor.jobs.registry import job_handler
 from conveyor.runtime import Runtime
 from conveyor.storage.errors import ArchiveError
@@ -28,7 +28,6 @@ POLICY_TASK = "Policy Validation"
 
 
 TEMP_PURGE_INTERVAL = 600.0
-_last_temp_purge = [0.0]
 
 
 def _sweep_uploads(runtime: Runtime) -> int:
@@ -36,14 +35,10 @@ def _sweep_uploads(runtime: Runtime) -> int:
 
 
 def _sweep_temp(runtime: Runtime) -> int:
-    # Listing a bucket's tmp/ every few seconds would cost requests for nothing.
-    if time.monotonic() - _last_temp_purge[0] < TEMP_PURGE_INTERVAL:
-        return 0
-    _last_temp_purge[0] = time.monotonic()
     return runtime.archive.purge_temp(runtime.settings.temp_max_age_seconds)
 
 
-SWEEP_HOOKS.extend([_sweep_uploads, _sweep_temp])
+SWEEP_HOOKS.extend([SweepHook(_sweep_uploads), SweepHook(_sweep_temp, TEMP_PURGE_INTERVAL)])
 
 
 @job_handler(KIND_INGEST)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from conveyor.jobs import service
@@ -21,8 +23,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Housekeeping the sweeper also runs; domain packages add theirs (abandoned uploads, …).
-SWEEP_HOOKS: list[Callable[[Runtime], object]] = []
+
+@dataclass(frozen=True)
+class SweepHook:
+    """Housekeeping the sweeper runs: at every sweep, or at most once per ``every_seconds``
+    (listing a bucket on every sweep would cost requests for nothing)."""
+
+    run: Callable[[Runtime], object]
+    every_seconds: float = 0.0
+
+
+# Domain packages add theirs (abandoned uploads, temporary writes, expired carts, …).
+SWEEP_HOOKS: list[SweepHook] = []
 
 # How long a dispatched job may wait in a queue before the sweeper sends it again.
 DISPATCH_GRACE_SECONDS = 300.0
@@ -61,6 +73,7 @@ class Sweeper:
         self._executor = executor
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="job-sweeper", daemon=True)
+        self._last_run: dict[int, float] = {}
 
     def start(self) -> None:
         """Begin sweeping."""
@@ -68,8 +81,12 @@ class Sweeper:
 
     def sweep(self) -> int:
         """Dispatch every due job once; the number dispatched."""
-        for hook in SWEEP_HOOKS:
-            hook(self._runtime)
+        now = time.monotonic()
+        for number, hook in enumerate(SWEEP_HOOKS):
+            last = self._last_run.get(number)
+            if last is None or now - last >= hook.every_seconds:
+                self._last_run[number] = now
+                hook.run(self._runtime)
         due = service.due_jobs(self._runtime.db)
         service.mark_dispatched(self._runtime.db, due, DISPATCH_GRACE_SECONDS)
         for job_id in due:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
@@ -187,18 +186,10 @@ class Archive:
         self, sha256: str, start: int = 0, end: int | None = None, chunk_size: int = CHUNK_SIZE
     ) -> Iterator[bytes]:
         """Bytes ``[start, end)`` of the blob, in chunks."""
-        with self.open(sha256) as handle:
-            if start:
-                handle.seek(start)
-            remaining = None if end is None else max(0, end - start)
-            while remaining is None or remaining > 0:
-                want = chunk_size if remaining is None else min(chunk_size, remaining)
-                chunk = handle.read(want)
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
-                yield chunk
+        try:
+            yield from self.store.read_range(blob_key(sha256), start, end, chunk_size)
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {sha256} is not in the archive") from None
 
     def delete(self, sha256: str) -> None:
         """Remove the blob; the caller has made sure nothing references it."""
@@ -213,14 +204,7 @@ class Archive:
 
     def purge_temp(self, older_than_seconds: float) -> int:
         """Delete temporary objects older than the limit: writes whose writer died."""
-        cutoff = time.time() - older_than_seconds
-        removed = 0
-        for key in list(self.store.keys("tmp")):  # few: only writes in progress live there
-            written = self.store.modified(key)
-            if written is not None and written < cutoff:
-                self.store.delete(key)
-                removed += 1
-        return removed
+        return self.store.purge("tmp", older_than_seconds)
 
     def sync(self) -> None:
         """Make every blob written so far durable before a transaction refers to it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -20,6 +21,7 @@ from conveyor.storage.errors import ArchiveError
 # Large enough for S3 multipart parts (minimum 5 MiB), small enough to bound memory per writer.
 WRITE_BLOCK_SIZE = 8 * 1024 * 1024
 READ_BLOCK_SIZE = 4 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
 
 
 class BlobStore:
@@ -44,6 +46,23 @@ class BlobStore:
     def open_read(self, key: str) -> IO[bytes]:
         """The object at ``key``, seekable."""
         return self.fs.open(self.path(key), "rb", block_size=READ_BLOCK_SIZE)  # type: ignore[no-any-return]
+
+    def read_range(
+        self, key: str, start: int = 0, end: int | None = None, chunk_size: int = READ_CHUNK
+    ) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of the object, in chunks of at most ``chunk_size``."""
+        with self.open_read(key) as handle:
+            if start:
+                handle.seek(start)
+            remaining = None if end is None else max(0, end - start)
+            while remaining is None or remaining > 0:
+                want = chunk_size if remaining is None else min(chunk_size, remaining)
+                chunk = handle.read(want)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
 
     def size(self, key: str) -> int | None:
         """The object's size, or ``None`` when there is none."""
@@ -85,6 +104,17 @@ class BlobStore:
             return float(self.fs.modified(self.path(key)).timestamp())
         except FileNotFoundError:
             return None
+
+    def purge(self, prefix: str, older_than_seconds: float) -> int:
+        """Delete the objects under ``prefix`` older than the limit; how many went."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for key in list(self.keys(prefix)):  # few: only writes in progress live there
+            written = self.modified(key)
+            if written is not None and written < cutoff:
+                self.delete(key)
+                removed += 1
+        return removed
 
     def sync(self) -> None:
         """Make everything written so far durable (a no-op where writes are durable on close)."""

@@ -69,6 +69,12 @@ def request_conditions(
 ConditionsDep = Annotated[Conditions, Depends(request_conditions)]
 
 
+def content_disposition(filename: str) -> str:
+    """An attachment header: a plain ASCII name for old clients, the exact one in UTF-8."""
+    plain = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 def ranged_response(
     *,
     size: int,
@@ -87,7 +93,7 @@ def ranged_response(
     headers = {
         "ETag": quoted,
         "Accept-Ranges": "bytes",
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
+        "Content-Disposition": content_disposition(filename),
     }
     if conditions.if_none_match and quoted in conditions.if_none_match:
         return Response(status_code=304, headers=headers)
