@@ -1,7 +1,8 @@
 """Settings from the environment (``CONVEYOR_*``) and an optional TOML file.
 
 URLs pick backends: ``CONVEYOR_DATABASE_URL`` the database, ``CONVEYOR_ARCHIVE_URL`` the blob
-store and ``CONVEYOR_BROKER_URL`` the executor (unset: in-process workers).
+store, ``CONVEYOR_CART_STORE_URL`` where built cart bundles are kept and
+``CONVEYOR_BROKER_URL`` the executor (unset: in-process workers).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class Settings(BaseSettings):
     default_user: str = "conveyor"
     policy: Literal["open", "strict"] = "open"
     move_roots: list[Path] = Field(default_factory=list)
+
+    cart_store_url: str = ""
+    cart_mode: Literal["stream", "build"] = "stream"
+    cart_ttl_seconds: float = Field(7 * 86400.0, gt=0)
 
     db_connect_attempts: int = Field(
         10,
@@ -125,6 +130,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{data_dir / 'conveyor.db'}"
         if not self.archive_url:
             self.archive_url = f"file://{data_dir / 'archive'}"
+        if not self.cart_store_url:
+            self.cart_store_url = f"file://{data_dir / 'bundles'}"
         _check_scheme("database_url", self.database_url, DATABASE_SCHEMES)
         if self.broker_url:
             _check_scheme("broker_url", self.broker_url, BROKER_SCHEMES)

@@ -11,11 +11,12 @@ from conveyor.db.engine import Database
 from conveyor.db.migrate import upgrade
 from conveyor.jobs.executors import Executor, make_executor
 from conveyor.storage.archive import Archive, open_archive
+from conveyor.storage.stores import BlobStore, open_store
 
 log = logging.getLogger(__name__)
 
 # Modules that register job handlers; importing them is what makes their jobs runnable.
-JOB_MODULES = ("conveyor.ingest.jobs",)
+JOB_MODULES = ("conveyor.ingest.jobs", "conveyor.carts.build")
 
 
 @dataclass
@@ -25,6 +26,8 @@ class Runtime:
     settings: Settings
     db: Database
     archive: Archive
+    # Where built cart bundles are kept (any store URL, like the archive's).
+    bundles: BlobStore
     executor: Executor = field(init=False)
 
     @classmethod
@@ -37,7 +40,8 @@ class Runtime:
         if migrate:
             upgrade(db)
         archive = open_archive(settings.archive_url)
-        runtime = cls(settings=settings, db=db, archive=archive)
+        bundles = open_store(settings.cart_store_url)
+        runtime = cls(settings=settings, db=db, archive=archive, bundles=bundles)
         runtime.executor = make_executor(runtime, inline=inline)
         return runtime
 

@@ -1,8 +1,8 @@
 """The same jobs under every executor: the in-process pool, and Celery over RabbitMQ or Redis.
 
 Real processes: ``conveyor serve`` and ``conveyor worker`` on PostgreSQL with a shared local
-archive folder. The last test kills a worker mid-job and checks that the job's lease runs out,
-a second worker finishes it, and exactly one transaction comes of it.
+archive folder. The last tests kill a worker mid-job and check that the job's lease runs out,
+a second worker finishes it, and exactly one transaction (or one built cart) comes of it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,7 @@ def _settings(
     return {
         "database_url": database_url,
         "archive_url": f"file://{tmp_path / 'archive'}",
+        "cart_store_url": f"file://{tmp_path / 'bundles'}",
         "broker_url": broker_url,
         "move_roots": json.dumps([str(incoming)]),
         "db_connect_attempts": "5",
@@ -323,3 +325,71 @@ def test_killed_worker_loses_no_work(amqp_url: str, tmp_path: Path) -> None:
         assert hashes == {f"big/{Path(path).name}": sha for path, (_, sha, _) in files.items()}
     finally:
         shutil.rmtree(tmp_path / "archive", ignore_errors=True)
+
+
+def _put_random(url: str, archive_id: int, size: int) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(size // MiB):
+            yield os.urandom(MiB)
+
+    answer = httpx.put(f"{url}/pacifica/archive/{archive_id}", content=chunks(), timeout=120)
+    assert answer.status_code == 201, answer.text
+
+
+def test_killed_worker_mid_build_resumes(amqp_url: str, tmp_path: Path) -> None:
+    # Random bytes deflate slowly (tens of MB/s): several seconds of bundling to interrupt.
+    ids = [201, 202, 203, 204]
+    server_dir, first_dir, second_dir = (tmp_path / name for name in ("server", "w1", "w2"))
+    dirs = (server_dir, first_dir, second_dir)
+    try:
+        with scratch_database("postgresql") as database_url:
+            settings = _settings(
+                tmp_path, database_url, amqp_url, tmp_path, lease_seconds="3", sweep_seconds="1"
+            )
+            with running_server(server_dir, **settings) as url:
+                for archive_id in ids:
+                    _put_random(url, archive_id, 64 * MiB)
+                request = {
+                    "files": [{"id": archive_id} for archive_id in ids],
+                    "format": "zip",
+                    "compression": "deflate",
+                }
+                with running_worker(first_dir, **settings) as first:
+                    made = httpx.post(f"{url}/api/v1/carts", json=request, timeout=30)
+                    assert made.status_code == 201, made.text
+                    cart_url = f"{url}/api/v1/carts/{made.json()['id']}"
+
+                    def bundling() -> JobView | None:
+                        cart = httpx.get(cart_url, timeout=10).json()
+                        assert cart["status"] != "ready", f"built before the kill: {cart}"
+                        assert first.poll() is None, f"worker 1 died: {_logs(first_dir)}"
+                        return cart if cart["status"] == "bundling" else None
+
+                    cart = _poll(bundling, 60, "the cart bundling on worker 1")
+                    for pid in [first.pid, *_children(first.pid)]:
+                        os.kill(pid, signal.SIGKILL)
+                    first.wait(timeout=10)
+                assert httpx.get(f"{url}/api/v1/carts/{cart['id']}/bundle").status_code == 409
+
+                with running_worker(second_dir, **settings):
+                    job = _finished(url, cart["job_id"], dirs, timeout=180)
+                assert job["state"] == "succeeded", str(job)
+                assert job["attempts"] >= 2, job
+                cart = httpx.get(cart_url, timeout=10).json()
+                assert cart["status"] == "ready", cart
+                target = tmp_path / "cart.zip"
+                with httpx.stream("GET", f"{cart_url}/bundle", timeout=60) as answer:
+                    assert answer.status_code == 200
+                    with target.open("wb") as out:
+                        for chunk in answer.iter_bytes():
+                            out.write(chunk)
+        assert target.stat().st_size == cart["bytes_total"]
+        with zipfile.ZipFile(target) as archive:
+            assert archive.testzip() is None
+            assert sorted(archive.namelist()) == sorted(
+                ["conveyor-manifest.json", *(str(archive_id) for archive_id in ids)]
+            )
+        assert len(list((tmp_path / "bundles" / "bundles").rglob("*.zip"))) == 1
+    finally:
+        shutil.rmtree(tmp_path / "archive", ignore_errors=True)
+        shutil.rmtree(tmp_path / "bundles", ignore_errors=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import zipfile
 from collections.abc import Callable
 
 import pytest
@@ -56,3 +58,32 @@ def test_ingest_into_an_object_store(
         {hashlib.sha256(data).hexdigest() for data in GOOD_MEMBERS.values()}
     )
     assert list(runtime.archive.store.keys("tmp")) == []
+
+
+def test_built_carts_in_an_object_store(
+    make_runtime: Callable[..., Runtime], archive_url: str
+) -> None:
+    bundles_url = archive_url.replace("/archive?", "/bundles?", 1)
+    runtime = make_runtime(archive_url=archive_url, cart_store_url=bundles_url)
+    with TestClient(create_app(runtime=runtime)) as client:
+        job = client.post("/api/v1/ingest", content=good_tar()).json()
+        request = {"transactions": [job["transaction_id"]], "mode": "build"}
+        streamed = client.post("/api/v1/carts", json={**request, "mode": "stream"}).json()
+        built = client.post("/api/v1/carts", json=request).json()
+        assert built["status"] == "ready", built
+        whole = client.get(built["bundle"]).content
+        assert whole == client.get(streamed["bundle"]).content
+        resumed = client.get(built["bundle"], headers={"Range": "bytes=1000-"})
+        assert (resumed.status_code, whole[:1000] + resumed.content) == (206, whole)
+        deflated = client.post(
+            "/api/v1/carts", json={**request, "format": "zip", "compression": "deflate"}
+        ).json()
+        assert deflated["status"] == "ready", deflated
+        data = client.get(deflated["bundle"]).content
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            assert archive.testzip() is None
+            assert archive.read("a/b/foo.txt") == GOOD_MEMBERS["data/a/b/foo.txt"]
+        assert len(list(runtime.bundles.keys("bundles"))) == 2
+        assert client.delete(f"/api/v1/carts/{built['id']}").status_code == 204
+        assert len(list(runtime.bundles.keys("bundles"))) == 1
+    assert list(runtime.bundles.keys("tmp")) == []

@@ -13,24 +13,50 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
+from conveyor.carts import states
 from conveyor.carts.layout import BundleEntry, BundleLayout, make_layout, manifest_json
 from conveyor.carts.paths import BadBundlePath, bundle_path
 from conveyor.db.models import Cart, CartItem, CartRequester, File, ProjectMember, Transaction
 from conveyor.db.upsert import insert_missing
 from conveyor.errors import BadRequest, Conflict, NotFound
+from conveyor.jobs.service import create_job
 from conveyor.storage.archive import Archive
+from conveyor.storage.stores import BlobStore
 
 Format = Literal["tar", "zip"]
+Mode = Literal["stream", "build"]
+Compression = Literal["stored", "deflate"]
 LOOKUP_BATCH = 500
-READY = "ready"
+KIND_CART_BUILD = "cart build"
 
 
 @dataclass(frozen=True)
 class RequestedFile:
-    """A file asked for, and where it should stand in the bundle (default: subdir/name)."""
+    """A file asked for, where it should stand in the bundle (default: subdir/name), and
+    optionally a hash the requester expects it to have."""
 
     file_id: int
     path: str | None = None
+    check_type: str | None = None
+    check_sum: str | None = None
+
+
+@dataclass(frozen=True)
+class CartOptions:
+    """How the bundle is made: format, stream or build, compression, and a manifest or not."""
+
+    format: Format = "tar"
+    mode: Mode = "stream"
+    compression: Compression = "stored"
+    manifest: bool = True
+
+    def __post_init__(self) -> None:
+        if self.compression == "deflate" and self.format != "zip":
+            raise BadRequest("compression 'deflate' is for zip bundles; tar bundles are stored")
+        if self.compression == "deflate" and self.mode == "stream":
+            raise BadRequest(
+                "a deflated zip's size is unknown until it is built; ask for mode 'build'"
+            )
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,8 @@ class CartItemSpec:
     sha256: str
     crc32: int | None
     mtime: float
+    check_type: str | None = None
+    check_sum: str | None = None
 
 
 def _readable_projects(session: Session, principal: Principal) -> set[str]:
@@ -102,6 +130,8 @@ def resolve_items(
             file.sha256,
             file.crc32,
             file.mtime.timestamp() if file.mtime else 0.0,
+            item.check_type,
+            item.check_sum.lower() if item.check_sum is not None else None,
         )
     _refuse_file_folder_clashes(items)
     return [items[path] for path in sorted(items)]
@@ -122,24 +152,40 @@ def _refuse_file_folder_clashes(items: dict[str, CartItemSpec]) -> None:
                 raise BadRequest(f"path {folder!r} is a file and also a folder of {path!r}")
 
 
-def request_hash(fmt: Format, items: list[CartItemSpec]) -> str:
-    """The canonical identity of a request: format, and each file's identity and path."""
+def request_hash(options: CartOptions, items: list[CartItemSpec]) -> str:
+    """The canonical identity of a request: how it is bundled, and each file's identity,
+    path and expected hash."""
     canonical = json.dumps(
-        {"format": fmt, "items": [[i.file_id, i.sha256, i.path] for i in items]},
+        {
+            "format": options.format,
+            "mode": options.mode,
+            "compression": options.compression,
+            "manifest": options.manifest,
+            "items": [[i.file_id, i.sha256, i.path, i.check_type, i.check_sum] for i in items],
+        },
         separators=(",", ":"),
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def needs_job(options: CartOptions, items: list[CartItemSpec]) -> bool:
+    """True when the cart must be staged (hashes checked) or built before it is ready."""
+    return options.mode == "build" or any(item.check_type for item in items)
+
+
 def create_or_join(
     session: Session,
     principal: Principal,
-    fmt: Format,
+    options: CartOptions,
     items: list[CartItemSpec],
     idempotency_key: str | None,
 ) -> tuple[Cart, bool]:
-    """The cart for this request and whether it is new; identical requests share one."""
+    """The cart for this request and whether it is new; identical requests share one.
+
+    A new cart that needs staging or building gets a queued job (``cart.job_id``; the
+    caller submits it after commit). Joining a cart that ended in error starts it again.
+    """
     if idempotency_key:
         replay = session.scalar(
             select(Cart)
@@ -151,7 +197,7 @@ def create_or_join(
         )
         if replay is not None:
             return replay, False
-    digest = request_hash(fmt, items)
+    digest = request_hash(options, items)
     # Insert-if-absent on the request hash: of many identical requests at once, exactly
     # one creates the cart and the others join it.
     token = uuid.uuid4().hex
@@ -160,11 +206,14 @@ def create_or_join(
         Cart,
         request_hash=digest,
         creator_token=token,
-        format=fmt,
-        mode="stream",
-        state=READY,
+        format=options.format,
+        mode=options.mode,
+        compression=options.compression,
+        manifest=options.manifest,
+        state=states.WAITING,
         owner=principal.user,
         file_count=len(items),
+        total_size=sum(item.size for item in items),
     )
     # A locking read: under MariaDB's repeatable read a plain SELECT would use this
     # transaction's older snapshot and miss a cart another request just committed.
@@ -174,6 +223,8 @@ def create_or_join(
     created = cart.creator_token == token
     if created:
         _insert_items(session, cart.id, items)
+    if created or cart.state == states.ERROR:
+        _start(session, cart, options, items)
     insert_missing(
         session,
         CartRequester,
@@ -183,6 +234,18 @@ def create_or_join(
     )
     session.flush()
     return cart, created
+
+
+def _start(session: Session, cart: Cart, options: CartOptions, items: list[CartItemSpec]) -> None:
+    cart.error = ""
+    cart.item_errors = []
+    cart.bytes_done = 0
+    if needs_job(options, items):
+        cart.state = states.WAITING
+        job = create_job(session, KIND_CART_BUILD, cart.owner, {"cart_id": cart.id})
+        cart.job_id = job.id
+    else:
+        cart.state = states.READY
 
 
 def _insert_items(session: Session, cart_id: int, items: list[CartItemSpec]) -> None:
@@ -199,6 +262,8 @@ def _insert_items(session: Session, cart_id: int, items: list[CartItemSpec]) -> 
                     "sha256": item.sha256,
                     "crc32": item.crc32,
                     "mtime": item.mtime,
+                    "check_type": item.check_type,
+                    "check_sum": item.check_sum,
                 }
                 for position, item in enumerate(items[start : start + LOOKUP_BATCH], start)
             ],
@@ -215,7 +280,7 @@ def visible_cart(session: Session, principal: Principal, cart_id: int) -> Cart:
     return cart
 
 
-def remove(session: Session, principal: Principal, cart_id: int) -> None:
+def remove(session: Session, bundles: BlobStore, principal: Principal, cart_id: int) -> None:
     """Withdraw the principal's request; the cart goes when nobody (or an admin) wants it."""
     cart = visible_cart(session, principal, cart_id)
     session.execute(
@@ -225,10 +290,20 @@ def remove(session: Session, principal: Principal, cart_id: int) -> None:
     )
     others = session.scalar(select(CartRequester.user).where(CartRequester.cart_id == cart_id))
     if others is None or principal.admin:
-        session.delete(cart)
+        discard(session, bundles, cart)
 
 
-def _entries(session: Session, archive: Archive, cart: Cart) -> Iterator[BundleEntry]:
+def discard(session: Session, bundles: BlobStore, cart: Cart) -> None:
+    """Delete the cart and its built bundle, if any."""
+    if cart.bundle_key:
+        bundles.delete(cart.bundle_key)
+    session.delete(cart)
+
+
+def entries_of(
+    session: Session, archive: Archive, cart: Cart, prefix: str = ""
+) -> Iterator[BundleEntry]:
+    """The cart's files as bundle entries, in bundle order, optionally under ``prefix``."""
     # Plain rows, not ORM objects: a cart of 10,000 files is read on every download.
     rows = session.execute(
         select(
@@ -243,10 +318,10 @@ def _entries(session: Session, archive: Archive, cart: Cart) -> Iterator[BundleE
         .order_by(CartItem.position)
     )
     for file_id, path, size, mtime, sha256, crc32 in rows:
-        if crc32 is None and cart.format == "zip":
+        if crc32 is None and cart.format == "zip" and cart.compression == "stored":
             raise Conflict(f"file {file_id} has no CRC-32 record, so it cannot be zipped")
         yield BundleEntry(
-            path=path,
+            path=f"{prefix}/{path}" if prefix else path,
             size=size,
             mtime=mtime,
             sha256=sha256,
@@ -262,8 +337,19 @@ def _reader(archive: Archive, sha256: str) -> Callable[[int, int], Iterator[byte
     return read
 
 
-def layout_of(session: Session, archive: Archive, cart: Cart) -> BundleLayout:
-    """The cart's bundle: exact size, ETag, and any byte range on demand."""
-    entries = list(_entries(session, archive, cart))
-    manifest = manifest_json(entries, [])
+def layout_of(session: Session, archive: Archive, cart: Cart, prefix: str = "") -> BundleLayout:
+    """The cart's stored bundle: exact size, ETag, and any byte range on demand.
+
+    ``prefix`` puts every file under one folder (Pacifica cartd names it per download).
+    """
+    entries = list(entries_of(session, archive, cart, prefix))
+    manifest = manifest_json(entries, []) if cart.manifest else None
     return make_layout("zip" if cart.format == "zip" else "tar", entries, manifest)
+
+
+def settle_stream(session: Session, archive: Archive, cart: Cart) -> None:
+    """Record the size and ETag of a stream cart that is ready as soon as it exists."""
+    layout = layout_of(session, archive, cart)
+    cart.total_size = layout.size
+    cart.bytes_done = layout.size
+    cart.etag = layout.etag

@@ -239,6 +239,9 @@ class Cart(Timestamped, Base):
     creator_token: Mapped[str] = mapped_column(String(32))
     format: Mapped[str] = mapped_column(String(8))
     mode: Mapped[str] = mapped_column(String(8), default="stream")
+    compression: Mapped[str] = mapped_column(String(8), default="stored")
+    # Pacifica cartd tars carry no manifest member; native bundles lead with one.
+    manifest: Mapped[bool] = mapped_column(Boolean, default=True)
     state: Mapped[str] = mapped_column(String(16), default="waiting", index=True)
     owner: Mapped[str] = mapped_column(String(255), index=True)
     file_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -247,6 +250,11 @@ class Cart(Timestamped, Base):
     error: Mapped[str] = mapped_column(Text, default="")
     item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     etag: Mapped[str | None] = mapped_column(String(128), default=None)
+    job_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Where a built bundle lives in the bundle store, once it is complete.
+    bundle_key: Mapped[str | None] = mapped_column(Text, default=None)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None, index=True)
 
 
 class CartItem(Base):
@@ -264,6 +272,9 @@ class CartItem(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     crc32: Mapped[int | None] = mapped_column(BigInteger, default=None)
     mtime: Mapped[float] = mapped_column(Float, default=0.0)
+    # A hash the requester expects (Pacifica carts name one per file), checked before ready.
+    check_type: Mapped[str | None] = mapped_column(String(32), default=None)
+    check_sum: Mapped[str | None] = mapped_column(String(256), default=None)
 
 
 class CartRequester(Base):
@@ -277,3 +288,29 @@ class CartRequester(Base):
     user: Mapped[str] = mapped_column(String(255), primary_key=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PacificaCart(Base):
+    """A Pacifica cartd uid and the cart it names (the newest request for the uid wins)."""
+
+    __tablename__ = "pacifica_carts"
+
+    uid: Mapped[str] = mapped_column(String(255), primary_key=True)
+    cart_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("carts.id", ondelete="CASCADE"), index=True
+    )
+    user: Mapped[str] = mapped_column(String(255))
+    # In the published "bundle" mode members sit under the uid, else under the filename.
+    bundle: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ArchiveName(Base):
+    """A Pacifica archive id that is not a number, and the file it names."""
+
+    __tablename__ = "archive_names"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    file_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("files.id", ondelete="CASCADE"), unique=True
+    )

@@ -92,6 +92,7 @@ def cart_view(cart: Cart) -> dict[str, Any]:
         "id": cart.id,
         "format": cart.format,
         "mode": cart.mode,
+        "compression": cart.compression,
         "status": cart.state,
         "file_count": cart.file_count,
         "bytes_total": cart.total_size,
@@ -99,6 +100,9 @@ def cart_view(cart: Cart) -> dict[str, Any]:
         "error": cart.error,
         "item_errors": cart.item_errors,
         "etag": cart.etag,
+        "job_id": cart.job_id,
         "created_at": _iso(cart.created_at),
+        "ready_at": _iso(cart.ready_at),
+        "expires_at": _iso(cart.expires_at),
         "bundle": f"/api/v1/carts/{cart.id}/bundle",
     }

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from conveyor.carts import service
+from conveyor.carts import service, states
+from conveyor.web.cart_bundles import bundle_response
 from conveyor.web.deps import PrincipalDep, RuntimeDep
-from conveyor.web.ranges import ConditionsDep, ranged_response
+from conveyor.web.ranges import ConditionsDep
 from conveyor.web.views import cart_view
 
 router = APIRouter(prefix="/api/v1/carts", tags=["carts"])
@@ -30,24 +31,39 @@ class CartRequest(BaseModel):
     files: list[CartFile] = Field(default_factory=list, max_length=MAX_FILES)
     transactions: list[int] = Field(default_factory=list, max_length=10_000)
     format: Literal["tar", "zip"] = "tar"
+    mode: Literal["stream", "build"] | None = Field(
+        None, description="stream from the archive, or build once and keep; default per server"
+    )
+    compression: Literal["stored", "deflate"] = Field(
+        "stored", description="zip only; a deflated zip is always built"
+    )
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
 
 
 @router.post("", summary="Ask for a cart", status_code=201)
 def create_cart(body: CartRequest, runtime: RuntimeDep, principal: PrincipalDep) -> JSONResponse:
-    """One cart per identical request: 201 when new, 200 when joined (or an idempotent replay)."""
+    """One cart per identical request: 201 when new, 200 when joined (or an idempotent replay).
+
+    A stream cart is ready at once; a built one (or a deflated zip) is staged and written by
+    a job, and its status says how far it is.
+    """
     requested = [service.RequestedFile(item.id, item.path) for item in body.files]
+    mode = body.mode or ("build" if body.compression == "deflate" else runtime.settings.cart_mode)
+    options = service.CartOptions(body.format, mode, body.compression)
     with runtime.db.session() as session:
         items = service.resolve_items(session, principal, requested, body.transactions)
         cart, created = service.create_or_join(
-            session, principal, body.format, items, body.idempotency_key
+            session, principal, options, items, body.idempotency_key
         )
-        if created:
-            layout = service.layout_of(session, runtime.archive, cart)
-            cart.total_size = layout.size
-            cart.bytes_done = layout.size
-            cart.etag = layout.etag
+        if created and cart.state == states.READY:
+            service.settle_stream(session, runtime.archive, cart)
+        job_id = cart.job_id if cart.state == states.WAITING else None
+        cart_id = cart.id
         view = cart_view(cart)
+    if job_id is not None:
+        runtime.submit(job_id)
+        with runtime.db.session() as session:
+            view = cart_view(service.visible_cart(session, principal, cart_id))
     return JSONResponse(view, status_code=201 if created else 200)
 
 
@@ -62,7 +78,7 @@ def get_cart(cart_id: int, runtime: RuntimeDep, principal: PrincipalDep) -> dict
 def delete_cart(cart_id: int, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
     """Withdraw your request; the cart is deleted once nobody else wants it."""
     with runtime.db.session() as session:
-        service.remove(session, principal, cart_id)
+        service.remove(session, runtime.bundles, principal, cart_id)
     return Response(status_code=204)
 
 
@@ -80,13 +96,4 @@ def get_bundle(
     """The bundle with exact length and ETag; one byte range answers 206."""
     with runtime.db.session() as session:
         cart = service.visible_cart(session, principal, cart_id)
-        layout = service.layout_of(session, runtime.archive, cart)
-        name = f"cart-{cart.id}.{cart.format}"
-    return ranged_response(
-        size=layout.size,
-        etag=layout.etag,
-        filename=name,
-        media_type=layout.media_type,
-        body=layout.chunks,
-        conditions=conditions,
-    )
+        return bundle_response(session, runtime, cart, f"cart-{cart.id}.{cart.format}", conditions)

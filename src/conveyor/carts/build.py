@@ -1,0 +1,360 @@
+"""The cart job: stage (check) every file, build the bundle once if asked, mark the cart ready.
+
+Any worker may run it; a worker that dies leaves the job to the sweeper, and a rerun starts
+over (a half-written bundle sits under a temporary key that is never served). The cart row
+says where it is: ``staging`` while files are checked, ``bundling`` while the bundle is
+written, then ``ready`` or ``error`` with a reason per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from conveyor.carts import states
+from conveyor.carts.bundles import NoSpace, WrittenBundle, bundle_key, copy_chunks, deflated_zip
+from conveyor.carts.bundles import write_bundle as write_to_store
+from conveyor.carts.service import KIND_CART_BUILD, discard, entries_of, layout_of
+from conveyor.db.models import Cart, CartItem, CartRequester, File
+from conveyor.db.types import utcnow
+from conveyor.events.outbox import Event, record_event
+from conveyor.jobs import service as jobs
+from conveyor.jobs import states as job_states
+from conveyor.jobs.context import JobContext, LeaseLost
+from conveyor.jobs.errors import RetryLater, StepFailed
+from conveyor.jobs.executors import SWEEP_HOOKS, SweepHook
+from conveyor.jobs.registry import job_handler
+from conveyor.runtime import Runtime
+from conveyor.storage.archive import Archive
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 1.0
+MAX_ITEM_ERRORS = 1000
+STAGE_BATCH = 1000
+EXPIRY_SWEEP_SECONDS = 60.0
+TEMP_PURGE_SECONDS = 600.0
+EXPIRY_BATCH = 100
+CART_READY = "org.conveyor.cart.ready"
+CART_FAILED = "org.conveyor.cart.failed"
+STAGE_TASK = "stage files"
+BUNDLE_TASK = "write bundle"
+
+
+@dataclass(frozen=True)
+class StagedItem:
+    """What the stage step knows of one cart item."""
+
+    position: int
+    file_id: int
+    path: str
+    size: int
+    sha256: str
+    check_type: str | None
+    check_sum: str | None
+    file_exists: bool
+    hashtype: str | None
+    hashsum: str | None
+
+
+class Progress:
+    """Writes bytes done to the cart and the job at most once a second."""
+
+    def __init__(self, context: JobContext, cart_id: int, total: int) -> None:
+        self._context = context
+        self._cart_id = cart_id
+        self._total = max(total, 1)
+        self._last = time.monotonic()
+
+    def __call__(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < PROGRESS_SECONDS:
+            return
+        self._last = now
+        with self._context.runtime.db.session() as session:
+            session.execute(
+                update(Cart)
+                .where(Cart.id == self._cart_id)
+                .values(bytes_done=done)
+                .execution_options(synchronize_session=False)
+            )
+        self._context.progress(min(100.0, 100.0 * done / self._total))
+
+
+@job_handler(KIND_CART_BUILD)
+def run_cart_build(context: JobContext) -> None:
+    """Stage and (in build mode) bundle one cart; its outcome is written to the cart row."""
+    cart_id = int(context.payload["cart_id"])
+    try:
+        _run(context, cart_id)
+    except StepFailed as failure:
+        _mark_error(context.runtime, cart_id, failure.message, failure.items)
+        raise
+    except RetryLater as exc:
+        if context.attempt >= context.runtime.settings.max_attempts:
+            _mark_error(context.runtime, cart_id, str(exc), [])
+        raise
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        _mark_error(context.runtime, cart_id, f"internal error: {type(exc).__name__}: {exc}", [])
+        raise
+
+
+def _run(context: JobContext, cart_id: int) -> None:
+    runtime = context.runtime
+    cart = _enter_state(runtime, cart_id, states.STAGING)
+    if cart is None:
+        _finish_job(runtime, context.job_id, "cart deleted")
+        return
+    mode, total = cart
+    with context.step(STAGE_TASK):
+        _stage(context, cart_id, total)
+    built = None
+    if mode == "build":
+        with context.step(BUNDLE_TASK):
+            _enter_state(runtime, cart_id, states.BUNDLING)
+            try:
+                built = _write_bundle(context, cart_id)
+            except NoSpace as exc:
+                raise StepFailed(BUNDLE_TASK, str(exc)) from None
+    context.check_lease()
+    _mark_ready(context, cart_id, built)
+
+
+def _enter_state(runtime: Runtime, cart_id: int, state: str) -> tuple[str, int] | None:
+    with runtime.db.session() as session:
+        cart = session.get(Cart, cart_id)
+        if cart is None:
+            return None
+        cart.state = state
+        cart.bytes_done = 0
+        return cart.mode, cart.total_size
+
+
+def _stage(context: JobContext, cart_id: int, total: int) -> None:
+    """Check every file is in the archive whole, and has the hash its requester expects."""
+    archive = context.runtime.archive
+    progress = Progress(context, cart_id, total)
+    errors: list[dict[str, Any]] = []
+    failed = count = done = 0
+    for item in _staged_items(context.runtime, cart_id):
+        context.check_lease()
+        count += 1
+        reason = _problem(archive, item)
+        if reason is not None:
+            failed += 1
+            if len(errors) < MAX_ITEM_ERRORS:
+                errors.append({"item": item.path, "file_id": item.file_id, "error": reason})
+        done += item.size
+        progress(done)
+    progress(done, force=True)
+    if failed:
+        first = errors[0]
+        raise StepFailed(
+            STAGE_TASK,
+            f"{failed} of {count} files failed; first: {first['item']}: {first['error']}",
+            errors,
+        )
+
+
+def _staged_items(runtime: Runtime, cart_id: int) -> Iterator[StagedItem]:
+    """The cart's items in bundle order, read a batch at a time (a cart may hold millions)."""
+    position = -1
+    while True:
+        batch = _staged_batch(runtime, cart_id, position)
+        yield from batch
+        if len(batch) < STAGE_BATCH:
+            return
+        position = batch[-1].position
+
+
+def _staged_batch(runtime: Runtime, cart_id: int, after: int) -> list[StagedItem]:
+    with runtime.db.session() as session:
+        rows = session.execute(
+            select(
+                CartItem.position,
+                CartItem.file_id,
+                CartItem.path,
+                CartItem.size,
+                CartItem.sha256,
+                CartItem.check_type,
+                CartItem.check_sum,
+                File.id,
+                File.hashtype,
+                File.hashsum,
+            )
+            .outerjoin(File, File.id == CartItem.file_id)
+            .where(CartItem.cart_id == cart_id, CartItem.position > after)
+            .order_by(CartItem.position)
+            .limit(STAGE_BATCH)
+        )
+        return [
+            StagedItem(pos, fid, path, size, sha, ctype, csum, found is not None, htype, hsum)
+            for pos, fid, path, size, sha, ctype, csum, found, htype, hsum in rows
+        ]
+
+
+def _problem(archive: Archive, item: StagedItem) -> str | None:
+    """Why the item cannot go in the bundle, or ``None`` when it can."""
+    if not item.file_exists:
+        return f"file {item.file_id} no longer exists"
+    held = archive.size(item.sha256)
+    if held is None:
+        return f"the archive does not hold file {item.file_id} (blob {item.sha256})"
+    if held != item.size:
+        return f"the archive holds {held} bytes of file {item.file_id}, not {item.size}"
+    if not item.check_type:
+        return None
+    expected = (item.check_sum or "").lower()
+    actual = _known_hash(item) or _computed_hash(archive, item)
+    if actual != expected:
+        return f"its {item.check_type} is {actual}, not the expected {expected or '(empty)'}"
+    return None
+
+
+def _known_hash(item: StagedItem) -> str | None:
+    """A hash already recorded for the file (verified when it was archived), if it is the one."""
+    kind = (item.check_type or "").lower()
+    if kind == "sha256":
+        return item.sha256
+    if item.hashtype and item.hashsum and item.hashtype.lower() == kind:
+        return item.hashsum.lower()
+    return None
+
+
+def _computed_hash(archive: Archive, item: StagedItem) -> str:
+    hasher = hashlib.new((item.check_type or "").lower())
+    for chunk in archive.read_range(item.sha256):
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _write_bundle(context: JobContext, cart_id: int) -> tuple[WrittenBundle, str]:
+    """Write the bundle to the bundle store; it and its ETag."""
+    runtime = context.runtime
+    with runtime.db.session() as session:
+        cart = session.get(Cart, cart_id)
+        if cart is None:
+            raise StepFailed(BUNDLE_TASK, f"cart {cart_id} was deleted while it was built")
+        expected = cart.total_size
+        produce: Callable[[Any], None]
+        etag = None
+        if cart.compression == "deflate":
+            entries = list(entries_of(session, runtime.archive, cart))
+            produce = deflated_zip(entries, cart.manifest)
+        else:
+            layout = layout_of(session, runtime.archive, cart)
+            produce = copy_chunks(layout.chunks())
+            expected, etag = layout.size, layout.etag
+        key = bundle_key(cart.request_hash, cart.format)
+    progress = Progress(context, cart_id, expected)
+
+    def report(done: int) -> None:
+        context.check_lease()
+        progress(done)
+
+    written = write_to_store(runtime.bundles, key, produce, report)
+    return written, etag or f"zip-deflate-{written.sha256[:40]}"
+
+
+def _mark_ready(context: JobContext, cart_id: int, built: tuple[WrittenBundle, str] | None) -> None:
+    runtime = context.runtime
+    with runtime.db.session() as session:
+        cart = session.scalars(select(Cart).where(Cart.id == cart_id).with_for_update()).first()
+        if cart is None:
+            if built is not None:
+                runtime.bundles.delete(built[0].key)
+            jobs.finish(session, context.job_id, job_states.SUCCEEDED, task="cart deleted")
+            return
+        now = utcnow()
+        if built is None:
+            layout = layout_of(session, runtime.archive, cart)
+            cart.total_size, cart.etag = layout.size, layout.etag
+        else:
+            written, cart.etag = built
+            cart.total_size, cart.bundle_key = written.size, written.key
+            cart.expires_at = now + timedelta(seconds=runtime.settings.cart_ttl_seconds)
+        cart.bytes_done = cart.total_size
+        cart.state = states.READY
+        cart.ready_at = now
+        cart.error = ""
+        cart.item_errors = []
+        record_event(session, _cart_event(session, cart, CART_READY))
+        jobs.finish(
+            session, context.job_id, job_states.SUCCEEDED, task="ready", percent=100.0, error=""
+        )
+    log.info("cart %s is ready", cart_id)
+
+
+def _mark_error(runtime: Runtime, cart_id: int, message: str, items: list[dict[str, Any]]) -> None:
+    with runtime.db.session() as session:
+        cart = session.get(Cart, cart_id)
+        if cart is None:
+            return
+        cart.state = states.ERROR
+        cart.error = message
+        cart.item_errors = items
+        record_event(session, _cart_event(session, cart, CART_FAILED))
+    log.info("cart %s failed: %s", cart_id, message)
+
+
+def _finish_job(runtime: Runtime, job_id: int, task: str) -> None:
+    with runtime.db.session() as session:
+        jobs.finish(session, job_id, job_states.SUCCEEDED, task=task, percent=100.0)
+
+
+def _cart_event(session: Any, cart: Cart, kind: str) -> Event:
+    requesters = session.scalars(
+        select(CartRequester.user).where(CartRequester.cart_id == cart.id)
+    ).all()
+    return Event(
+        type=kind,
+        source="/api/v1/carts",
+        subject=f"carts/{cart.id}",
+        data={
+            "id": cart.id,
+            "status": cart.state,
+            "format": cart.format,
+            "mode": cart.mode,
+            "file_count": cart.file_count,
+            "bytes_total": cart.total_size,
+            "etag": cart.etag,
+            "error": cart.error,
+            "item_errors": cart.item_errors[:10],
+            "requesters": sorted(requesters),
+            "bundle": f"/api/v1/carts/{cart.id}/bundle",
+        },
+    )
+
+
+def expire_carts(runtime: Runtime) -> int:
+    """Delete built carts whose time is up, with their bundles; how many went."""
+    removed = 0
+    with runtime.db.session() as session:
+        expired = session.scalars(
+            select(Cart).where(Cart.expires_at < utcnow()).limit(EXPIRY_BATCH)
+        ).all()
+        for cart in expired:
+            discard(session, runtime.bundles, cart)
+            removed += 1
+    return removed
+
+
+def _purge_bundle_temps(runtime: Runtime) -> int:
+    return runtime.bundles.purge("tmp", runtime.settings.temp_max_age_seconds)
+
+
+SWEEP_HOOKS.extend(
+    [
+        SweepHook(expire_carts, EXPIRY_SWEEP_SECONDS),
+        SweepHook(_purge_bundle_temps, TEMP_PURGE_SECONDS),
+    ]
+)

@@ -1,0 +1,90 @@
+"""cart builds and pacifica ids
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-29 21:19:48.871424
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import mysql
+
+TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "pacifica_carts",
+        sa.Column("uid", sa.String(length=255), nullable=False),
+        sa.Column("cart_id", sa.BigInteger(), nullable=False),
+        sa.Column("user", sa.String(length=255), nullable=False),
+        sa.Column("bundle", sa.Boolean(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["cart_id"],
+            ["carts.id"],
+            name=op.f("fk_pacifica_carts_cart_id_carts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("uid", name=op.f("pk_pacifica_carts")),
+    )
+    with op.batch_alter_table("pacifica_carts", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_pacifica_carts_cart_id"), ["cart_id"], unique=False)
+
+    op.create_table(
+        "archive_names",
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("file_id", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["file_id"],
+            ["files.id"],
+            name=op.f("fk_archive_names_file_id_files"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_archive_names")),
+        sa.UniqueConstraint("file_id", name=op.f("uq_archive_names_file_id")),
+    )
+    with op.batch_alter_table("cart_items", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("check_type", sa.String(length=32), nullable=True))
+        batch_op.add_column(sa.Column("check_sum", sa.String(length=256), nullable=True))
+
+    with op.batch_alter_table("carts", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("compression", sa.String(length=8), nullable=False, server_default="stored")
+        )
+        batch_op.add_column(
+            sa.Column("manifest", sa.Boolean(), nullable=False, server_default=sa.true())
+        )
+        batch_op.add_column(sa.Column("job_id", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("bundle_key", sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column("ready_at", TIMESTAMP, nullable=True))
+        batch_op.add_column(sa.Column("expires_at", TIMESTAMP, nullable=True))
+        batch_op.create_index(batch_op.f("ix_carts_expires_at"), ["expires_at"], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("carts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_carts_expires_at"))
+        batch_op.drop_column("expires_at")
+        batch_op.drop_column("ready_at")
+        batch_op.drop_column("bundle_key")
+        batch_op.drop_column("job_id")
+        batch_op.drop_column("manifest")
+        batch_op.drop_column("compression")
+
+    with op.batch_alter_table("cart_items", schema=None) as batch_op:
+        batch_op.drop_column("check_sum")
+        batch_op.drop_column("check_type")
+
+    op.drop_table("archive_names")
+    with op.batch_alter_table("pacifica_carts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_pacifica_carts_cart_id"))
+
+    op.drop_table("pacifica_carts")
