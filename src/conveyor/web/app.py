@@ -16,7 +16,12 @@ from conveyor.observability import metrics
 from conveyor.runtime import Runtime
 from conveyor.web import health, problems
 from conveyor.web.api_v1 import admin, carts, ingest, jobs, transactions
-from conveyor.web.compat import pacifica_ingest, pacifica_policy
+from conveyor.web.compat import (
+    pacifica_archive,
+    pacifica_cartd,
+    pacifica_ingest,
+    pacifica_policy,
+)
 
 DESCRIPTION = (
     "Conveyor moves research data: ingest bundles into a checksummed archive, follow jobs, "
@@ -89,6 +94,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         admin.router,
         pacifica_ingest.router,
         pacifica_policy.router,
+        pacifica_archive.router,
+        pacifica_cartd.router,
     ):
         app.include_router(router)
     app.add_middleware(RequestMetrics)
