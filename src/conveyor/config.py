@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     cart_store_url: str = ""
     cart_mode: Literal["stream", "build"] = "stream"
     cart_ttl_seconds: float = Field(7 * 86400.0, gt=0)
+    motrpac_notify_url: str = ""
+    motrpac_project: str = ""
 
     db_connect_attempts: int = Field(
         10,

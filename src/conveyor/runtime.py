@@ -16,7 +16,7 @@ from conveyor.storage.stores import BlobStore, open_store
 log = logging.getLogger(__name__)
 
 # Modules that register job handlers; importing them is what makes their jobs runnable.
-JOB_MODULES = ("conveyor.ingest.jobs", "conveyor.carts.build")
+JOB_MODULES = ("conveyor.ingest.jobs", "conveyor.carts.build", "conveyor.carts.notify")
 
 
 @dataclass

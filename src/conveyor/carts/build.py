@@ -21,6 +21,8 @@ from sqlalchemy import select, update
 from conveyor.carts import states
 from conveyor.carts.bundles import NoSpace, WrittenBundle, bundle_key, copy_chunks, deflated_zip
 from conveyor.carts.bundles import write_bundle as write_to_store
+from conveyor.carts.layout import manifest_json
+from conveyor.carts.notify import queue_notifications
 from conveyor.carts.service import KIND_CART_BUILD, discard, entries_of, layout_of
 from conveyor.db.models import Cart, CartItem, CartRequester, File
 from conveyor.db.types import utcnow
@@ -249,12 +251,13 @@ def _write_bundle(context: JobContext, cart_id: int) -> tuple[WrittenBundle, str
         etag = None
         if cart.compression == "deflate":
             entries = list(entries_of(session, runtime.archive, cart))
-            produce = deflated_zip(entries, cart.manifest)
+            manifest = manifest_json(entries, cart.missing) if cart.manifest else None
+            produce = deflated_zip(entries, manifest)
         else:
             layout = layout_of(session, runtime.archive, cart)
             produce = copy_chunks(layout.chunks())
             expected, etag = layout.size, layout.etag
-        key = bundle_key(cart.request_hash, cart.format)
+        key = cart.bundle_key or bundle_key(cart.request_hash, cart.format)
     progress = Progress(context, cart_id, expected)
 
     def report(done: int) -> None:
@@ -270,7 +273,8 @@ def _mark_ready(context: JobContext, cart_id: int, built: tuple[WrittenBundle, s
     with runtime.db.session() as session:
         cart = session.scalars(select(Cart).where(Cart.id == cart_id).with_for_update()).first()
         if cart is None:
-            if built is not None:
+            # Deleted while it was built; the key may belong to a newer cart by now.
+            if built is not None and not _key_in_use(session, built[0].key):
                 runtime.bundles.delete(built[0].key)
             jobs.finish(session, context.job_id, job_states.SUCCEEDED, task="cart deleted")
             return
@@ -288,10 +292,17 @@ def _mark_ready(context: JobContext, cart_id: int, built: tuple[WrittenBundle, s
         cart.error = ""
         cart.item_errors = []
         record_event(session, _cart_event(session, cart, CART_READY))
+        notify_job = queue_notifications(session, cart)
         jobs.finish(
             session, context.job_id, job_states.SUCCEEDED, task="ready", percent=100.0, error=""
         )
     log.info("cart %s is ready", cart_id)
+    if notify_job is not None:
+        runtime.submit(notify_job)
+
+
+def _key_in_use(session: Any, key: str) -> bool:
+    return session.scalar(select(Cart.id).where(Cart.bundle_key == key).limit(1)) is not None
 
 
 def _mark_error(runtime: Runtime, cart_id: int, message: str, items: list[dict[str, Any]]) -> None:
@@ -303,7 +314,10 @@ def _mark_error(runtime: Runtime, cart_id: int, message: str, items: list[dict[s
         cart.error = message
         cart.item_errors = items
         record_event(session, _cart_event(session, cart, CART_FAILED))
+        notify_job = queue_notifications(session, cart)
     log.info("cart %s failed: %s", cart_id, message)
+    if notify_job is not None:
+        runtime.submit(notify_job)
 
 
 def _finish_job(runtime: Runtime, job_id: int, task: str) -> None:

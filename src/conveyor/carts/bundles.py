@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from conveyor.carts.layout import MANIFEST_NAME, BundleEntry, manifest_json
+from conveyor.carts.layout import MANIFEST_NAME, BundleEntry
 from conveyor.storage.errors import ArchiveError
 from conveyor.storage.stores import BlobStore
 
@@ -111,7 +111,9 @@ def copy_chunks(chunks: Iterable[bytes]) -> Callable[[_CountingSink], None]:
     return produce
 
 
-def deflated_zip(entries: list[BundleEntry], manifest: bool) -> Callable[[_CountingSink], None]:
+def deflated_zip(
+    entries: list[BundleEntry], manifest: bytes | None
+) -> Callable[[_CountingSink], None]:
     """A producer that compresses ``entries`` into a ZIP64-capable deflated zip.
 
     ``zipfile`` writes data descriptors when its target cannot seek, so this streams
@@ -120,9 +122,9 @@ def deflated_zip(entries: list[BundleEntry], manifest: bool) -> Callable[[_Count
 
     def produce(sink: _CountingSink) -> None:
         with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
-            if manifest:
+            if manifest is not None:
                 newest = max((entry.mtime for entry in entries), default=0.0)
-                _add(archive, MANIFEST_NAME, newest, iter([manifest_json(entries, [])]))
+                _add(archive, MANIFEST_NAME, newest, iter([manifest]), len(manifest))
             for entry in entries:
                 _add(archive, entry.path, entry.mtime, entry.read(0, entry.size), entry.size)
 

@@ -64,8 +64,8 @@ def _hash_type(file: CartdFile) -> str:
 
 def request_cart(
     session: Session, principal: Principal, uid: str, files: list[CartdFile], bundle: bool
-) -> Cart:
-    """The cart for this request, named by ``uid``; the caller submits its job, if any."""
+) -> service.Outcome:
+    """The cart for this request, named by ``uid``; the caller submits its jobs."""
     if not files:
         raise BadRequest("fileids is empty: a cart needs at least one file")
     requested: list[service.RequestedFile] = []
@@ -79,15 +79,17 @@ def request_cart(
         else:
             requested.append(service.RequestedFile(file_id, path, kind, file.hashsum))
     if missing:
-        cart = _failed_cart(session, principal, len(files), missing, bundle)
+        outcome = service.Outcome(
+            _failed_cart(session, principal, len(files), missing, bundle), True
+        )
     else:
         items = service.resolve_items(session, principal, requested)
         options = service.CartOptions("tar", "build" if bundle else "stream", manifest=False)
-        cart, _created = service.create_or_join(session, principal, options, items, None)
+        outcome = service.create_or_join(session, principal, options, items, None)
     session.execute(delete(PacificaCart).where(PacificaCart.uid == uid))
-    session.add(PacificaCart(uid=uid, cart_id=cart.id, user=principal.user, bundle=bundle))
+    session.add(PacificaCart(uid=uid, cart_id=outcome.cart.id, user=principal.user, bundle=bundle))
     session.flush()
-    return cart
+    return outcome
 
 
 def _readable_id(session: Session, principal: Principal, archive_id: str) -> int | None:

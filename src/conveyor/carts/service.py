@@ -6,15 +6,16 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
 from conveyor.carts import states
 from conveyor.carts.layout import BundleEntry, BundleLayout, make_layout, manifest_json
+from conveyor.carts.notify import queue_notifications
 from conveyor.carts.paths import BadBundlePath, bundle_path
 from conveyor.db.models import Cart, CartItem, CartRequester, File, ProjectMember, Transaction
 from conveyor.db.upsert import insert_missing
@@ -49,6 +50,8 @@ class CartOptions:
     mode: Mode = "stream"
     compression: Compression = "stored"
     manifest: bool = True
+    # Where a built bundle is kept, when the caller names it (MoTrPAC: "<hash>.zip").
+    bundle_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.compression == "deflate" and self.format != "zip":
@@ -152,16 +155,20 @@ def _refuse_file_folder_clashes(items: dict[str, CartItemSpec]) -> None:
                 raise BadRequest(f"path {folder!r} is a file and also a folder of {path!r}")
 
 
-def request_hash(options: CartOptions, items: list[CartItemSpec]) -> str:
+def request_hash(
+    options: CartOptions, items: list[CartItemSpec], missing: list[dict[str, Any]] | None = None
+) -> str:
     """The canonical identity of a request: how it is bundled, and each file's identity,
-    path and expected hash."""
+    path and expected hash (and what is missing from it)."""
     canonical = json.dumps(
         {
             "format": options.format,
             "mode": options.mode,
             "compression": options.compression,
             "manifest": options.manifest,
+            "name": options.bundle_name,
             "items": [[i.file_id, i.sha256, i.path, i.check_type, i.check_sum] for i in items],
+            "missing": sorted(str(item.get("path")) for item in missing or []),
         },
         separators=(",", ":"),
         ensure_ascii=False,
@@ -174,30 +181,56 @@ def needs_job(options: CartOptions, items: list[CartItemSpec]) -> bool:
     return options.mode == "build" or any(item.check_type for item in items)
 
 
+@dataclass(frozen=True)
+class Requester:
+    """Who asks for a cart, and how they want to hear of its outcome."""
+
+    user: str
+    notify_kind: str | None = None
+    notify_url: str | None = None
+    email: str | None = None
+    name: str | None = None
+    external_id: str | None = None
+
+
+@dataclass
+class Outcome:
+    """The cart a request got, whether it is new, and the jobs to submit after commit."""
+
+    cart: Cart
+    created: bool
+    jobs: list[int] = field(default_factory=list)
+
+
 def create_or_join(
     session: Session,
     principal: Principal,
     options: CartOptions,
     items: list[CartItemSpec],
     idempotency_key: str | None,
-) -> tuple[Cart, bool]:
-    """The cart for this request and whether it is new; identical requests share one.
+    requester: Requester | None = None,
+    missing: list[dict[str, Any]] | None = None,
+) -> Outcome:
+    """The cart for this request; identical requests share one.
 
-    A new cart that needs staging or building gets a queued job (``cart.job_id``; the
-    caller submits it after commit). Joining a cart that ended in error starts it again.
+    A new cart that needs staging or building gets a queued job. Joining a cart that ended
+    in error starts it again; joining one that is finished queues the requester's
+    notification. ``missing`` lists asked-for files the archive lacks (the manifest says so).
     """
+    who = requester or Requester(principal.user)
     if idempotency_key:
         replay = session.scalar(
             select(Cart)
             .join(CartRequester, CartRequester.cart_id == Cart.id)
             .where(
-                CartRequester.user == principal.user,
+                CartRequester.user == who.user,
                 CartRequester.idempotency_key == idempotency_key,
             )
         )
         if replay is not None:
-            return replay, False
-    digest = request_hash(options, items)
+            return Outcome(replay, False)
+    gone = missing or []
+    digest = request_hash(options, items, gone)
     # Insert-if-absent on the request hash: of many identical requests at once, exactly
     # one creates the cart and the others join it.
     token = uuid.uuid4().hex
@@ -210,6 +243,8 @@ def create_or_join(
         mode=options.mode,
         compression=options.compression,
         manifest=options.manifest,
+        bundle_key=options.bundle_name,
+        missing=gone,
         state=states.WAITING,
         owner=principal.user,
         file_count=len(items),
@@ -220,23 +255,45 @@ def create_or_join(
     cart = session.scalars(
         select(Cart).where(Cart.request_hash == digest).with_for_update(read=True)
     ).one()
-    created = cart.creator_token == token
-    if created:
+    outcome = Outcome(cart, cart.creator_token == token)
+    if outcome.created:
         _insert_items(session, cart.id, items)
-    if created or cart.state == states.ERROR:
-        _start(session, cart, options, items)
+    if outcome.created or cart.state == states.ERROR:
+        _start(session, cart, options, items, outcome)
     insert_missing(
         session,
         CartRequester,
         cart_id=cart.id,
-        user=principal.user,
+        user=who.user,
         idempotency_key=idempotency_key,
+        notify_kind=who.notify_kind,
+        notify_url=who.notify_url,
+        email=who.email,
+        name=who.name,
+        external_id=who.external_id,
     )
     session.flush()
-    return cart, created
+    if cart.state in states.FINISHED and who.notify_kind:
+        job_id = queue_notifications(session, cart)
+        if job_id is not None:
+            outcome.jobs.append(job_id)
+    return outcome
 
 
-def _start(session: Session, cart: Cart, options: CartOptions, items: list[CartItemSpec]) -> None:
+def _start(
+    session: Session,
+    cart: Cart,
+    options: CartOptions,
+    items: list[CartItemSpec],
+    outcome: Outcome,
+) -> None:
+    if cart.state == states.ERROR:  # a new outcome: every requester hears again
+        session.execute(
+            update(CartRequester)
+            .where(CartRequester.cart_id == cart.id)
+            .values(notified_at=None)
+            .execution_options(synchronize_session=False)
+        )
     cart.error = ""
     cart.item_errors = []
     cart.bytes_done = 0
@@ -244,6 +301,7 @@ def _start(session: Session, cart: Cart, options: CartOptions, items: list[CartI
         cart.state = states.WAITING
         job = create_job(session, KIND_CART_BUILD, cart.owner, {"cart_id": cart.id})
         cart.job_id = job.id
+        outcome.jobs.append(job.id)
     else:
         cart.state = states.READY
 
@@ -343,7 +401,7 @@ def layout_of(session: Session, archive: Archive, cart: Cart, prefix: str = "") 
     ``prefix`` puts every file under one folder (Pacifica cartd names it per download).
     """
     entries = list(entries_of(session, archive, cart, prefix))
-    manifest = manifest_json(entries, []) if cart.manifest else None
+    manifest = manifest_json(entries, cart.missing) if cart.manifest else None
     return make_layout("zip" if cart.format == "zip" else "tar", entries, manifest)
 
 

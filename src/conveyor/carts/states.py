@@ -11,3 +11,4 @@ READY: Final = "ready"
 ERROR: Final = "error"
 
 IN_PROGRESS: Final = (WAITING, STAGING, BUNDLING)
+FINISHED: Final = (READY, ERROR)

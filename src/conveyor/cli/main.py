@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from conveyor.cli import client_cmds, server
+from conveyor.cli.motrpac_cmds import motrpac_app
 
 app = typer.Typer(
     help="Conveyor moves research data: ingest, archive, follow jobs.",
@@ -17,3 +18,4 @@ app.command()(client_cmds.upload)
 app.add_typer(server.db_app, name="db")
 app.add_typer(server.admin_app, name="admin")
 app.add_typer(client_cmds.job_app, name="job")
+app.add_typer(motrpac_app, name="motrpac")

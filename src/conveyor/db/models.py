@@ -249,6 +249,8 @@ class Cart(Timestamped, Base):
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Asked-for files the archive does not hold; the manifest lists them with the reason.
+    missing: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     etag: Mapped[str | None] = mapped_column(String(128), default=None)
     job_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # Where a built bundle lives in the bundle store, once it is complete.
@@ -288,6 +290,14 @@ class CartRequester(Base):
     user: Mapped[str] = mapped_column(String(255), primary_key=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # How this requester is told the outcome: "webhook" (a CloudEvent to notify_url) or
+    # "motrpac" (a UserNotificationMessage to the configured notifier); none when null.
+    notify_kind: Mapped[str | None] = mapped_column(String(16), default=None)
+    notify_url: Mapped[str | None] = mapped_column(Text, default=None)
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    name: Mapped[str | None] = mapped_column(String(255), default=None)
+    external_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class PacificaCart(Base):

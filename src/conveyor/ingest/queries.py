@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -9,8 +11,11 @@ from conveyor.auth.principal import Principal
 from conveyor.db.models import File, ProjectMember, Transaction
 from conveyor.errors import NotFound
 
+RowT = TypeVar("RowT", bound=Any)
 
-def _readable(query: Select[Transaction], principal: Principal) -> Select[Transaction]:
+
+def readable(query: Select[RowT], principal: Principal) -> Select[RowT]:
+    """``query`` (over transactions) narrowed to those the principal may read."""
     if principal.admin:
         return query
     member_of = select(ProjectMember.project_id).where(ProjectMember.user_id == principal.user)
@@ -34,13 +39,13 @@ def list_transactions(
         query = query.where(Transaction.project == project)
     if submitter is not None:
         query = query.where(Transaction.submitter == submitter)
-    query = _readable(query, principal).order_by(Transaction.id).limit(limit)
+    query = readable(query, principal).order_by(Transaction.id).limit(limit)
     return list(session.scalars(query))
 
 
 def get_transaction(session: Session, principal: Principal, transaction_id: int) -> Transaction:
     """One readable transaction, or :class:`NotFound`."""
-    query = _readable(
+    query = readable(
         select(Transaction)
         .options(selectinload(Transaction.key_values))
         .where(Transaction.id == transaction_id),

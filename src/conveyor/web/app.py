@@ -17,6 +17,7 @@ from conveyor.runtime import Runtime
 from conveyor.web import health, problems
 from conveyor.web.api_v1 import admin, carts, ingest, jobs, transactions
 from conveyor.web.compat import (
+    motrpac,
     pacifica_archive,
     pacifica_cartd,
     pacifica_ingest,
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         pacifica_policy.router,
         pacifica_archive.router,
         pacifica_cartd.router,
+        motrpac.router,
     ):
         app.include_router(router)
     app.add_middleware(RequestMetrics)

@@ -36,7 +36,7 @@ def bundle_response(
             f"cart {cart.id} is not ready yet ({cart.state})",
             {"Retry-After": RETRY_AFTER_SECONDS},
         )
-    if cart.bundle_key is None:
+    if cart.mode == "stream":
         layout = service.layout_of(session, runtime.archive, cart, prefix)
         return ranged_response(
             size=layout.size,
@@ -46,8 +46,8 @@ def bundle_response(
             body=layout.chunks,
             conditions=conditions,
         )
-    key = cart.bundle_key
-    size = runtime.bundles.size(key)
+    key = cart.bundle_key or ""
+    size = runtime.bundles.size(key) if key else None
     if size is None:
         raise NotFound(f"the bundle of cart {cart.id} is gone from the bundle store")
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from conveyor.carts import service, states
+from conveyor.carts import notify, service, states
 from conveyor.web.cart_bundles import bundle_response
 from conveyor.web.deps import PrincipalDep, RuntimeDep
 from conveyor.web.ranges import ConditionsDep
@@ -38,6 +38,11 @@ class CartRequest(BaseModel):
         "stored", description="zip only; a deflated zip is always built"
     )
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    notify_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="where to POST a CloudEvent (structured JSON) when the cart is ready or fails",
+    )
 
 
 @router.post("", summary="Ask for a cart", status_code=201)
@@ -50,21 +55,27 @@ def create_cart(body: CartRequest, runtime: RuntimeDep, principal: PrincipalDep)
     requested = [service.RequestedFile(item.id, item.path) for item in body.files]
     mode = body.mode or ("build" if body.compression == "deflate" else runtime.settings.cart_mode)
     options = service.CartOptions(body.format, mode, body.compression)
+    requester = service.Requester(principal.user)
+    if body.notify_url:
+        requester = service.Requester(
+            principal.user, notify.WEBHOOK, notify.check_notify_url(body.notify_url)
+        )
     with runtime.db.session() as session:
         items = service.resolve_items(session, principal, requested, body.transactions)
-        cart, created = service.create_or_join(
-            session, principal, options, items, body.idempotency_key
+        outcome = service.create_or_join(
+            session, principal, options, items, body.idempotency_key, requester
         )
-        if created and cart.state == states.READY:
+        cart = outcome.cart
+        if outcome.created and cart.state == states.READY:
             service.settle_stream(session, runtime.archive, cart)
-        job_id = cart.job_id if cart.state == states.WAITING else None
         cart_id = cart.id
         view = cart_view(cart)
-    if job_id is not None:
+    for job_id in outcome.jobs:
         runtime.submit(job_id)
+    if outcome.jobs:
         with runtime.db.session() as session:
             view = cart_view(service.visible_cart(session, principal, cart_id))
-    return JSONResponse(view, status_code=201 if created else 200)
+    return JSONResponse(view, status_code=201 if outcome.created else 200)
 
 
 @router.get("/{cart_id}", summary="A cart's status")

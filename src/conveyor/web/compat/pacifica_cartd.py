@@ -90,13 +90,11 @@ async def post_cart(
         for item in body.fileids
     ]
 
-    def create() -> int | None:
+    def create() -> list[int]:
         with runtime.db.session() as session:
-            cart = pacifica.request_cart(session, principal, uid, files, body.bundle)
-            return cart.job_id if cart.state == states.WAITING else None
+            return pacifica.request_cart(session, principal, uid, files, body.bundle).jobs
 
-    job_id = await to_thread.run_sync(create)
-    if job_id is not None:
+    for job_id in await to_thread.run_sync(create):
         await to_thread.run_sync(runtime.submit, job_id)
     return JSONResponse({"message": "Cart Processing has begun"}, status_code=201)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-29 21:19:48.871424
+Create Date: 2026-11-29 21:35:11.432401
 """
 
 from __future__ import annotations
@@ -55,6 +55,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("check_type", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("check_sum", sa.String(length=256), nullable=True))
 
+    with op.batch_alter_table("cart_requesters", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("notify_kind", sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column("notify_url", sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column("email", sa.String(length=320), nullable=True))
+        batch_op.add_column(sa.Column("name", sa.String(length=255), nullable=True))
+        batch_op.add_column(sa.Column("external_id", sa.String(length=255), nullable=True))
+        batch_op.add_column(sa.Column("notified_at", TIMESTAMP, nullable=True))
+
     with op.batch_alter_table("carts", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("compression", sa.String(length=8), nullable=False, server_default="stored")
@@ -62,11 +70,16 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("manifest", sa.Boolean(), nullable=False, server_default=sa.true())
         )
+        batch_op.add_column(sa.Column("missing", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("job_id", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("bundle_key", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("ready_at", TIMESTAMP, nullable=True))
         batch_op.add_column(sa.Column("expires_at", TIMESTAMP, nullable=True))
         batch_op.create_index(batch_op.f("ix_carts_expires_at"), ["expires_at"], unique=False)
+    # JSON columns take no server default on MariaDB: fill existing rows, then require it.
+    op.execute("UPDATE carts SET missing = '[]'")
+    with op.batch_alter_table("carts", schema=None) as batch_op:
+        batch_op.alter_column("missing", existing_type=sa.JSON(), nullable=False)
 
 
 def downgrade() -> None:
@@ -76,8 +89,17 @@ def downgrade() -> None:
         batch_op.drop_column("ready_at")
         batch_op.drop_column("bundle_key")
         batch_op.drop_column("job_id")
+        batch_op.drop_column("missing")
         batch_op.drop_column("manifest")
         batch_op.drop_column("compression")
+
+    with op.batch_alter_table("cart_requesters", schema=None) as batch_op:
+        batch_op.drop_column("notified_at")
+        batch_op.drop_column("external_id")
+        batch_op.drop_column("name")
+        batch_op.drop_column("email")
+        batch_op.drop_column("notify_url")
+        batch_op.drop_column("notify_kind")
 
     with op.batch_alter_table("cart_items", schema=None) as batch_op:
         batch_op.drop_column("check_sum")
