@@ -1,9 +1,16 @@
-"""An executor that holds jobs until the test runs them, to see states in between."""
+"""Driving jobs from tests: hold them to see states in between, or make a retry due now."""
 
 from __future__ import annotations
 
-from conveyor.jobs.executors import Executor
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from conveyor.db.models import Job
+from conveyor.db.types import utcnow
+from conveyor.jobs.executors import Executor, Sweeper
 from conveyor.jobs.runner import run_job
+from conveyor.runtime import Runtime
 
 
 class HeldExecutor(Executor):
@@ -23,3 +30,14 @@ class HeldExecutor(Executor):
         for job_id in ran:
             run_job(self.runtime, job_id)
         return ran
+
+
+def retry_now(runtime: Runtime, job_id: int) -> int:
+    """Make the job's retry due at once and sweep; the number of jobs the sweep dispatched."""
+    with runtime.db.session() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    return Sweeper(runtime, runtime.executor).sweep()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.carts import states
@@ -36,6 +38,8 @@ KIND_CART_NOTIFY = "cart notify"
 WEBHOOK = "webhook"
 MOTRPAC = "motrpac"
 TIMEOUT_SECONDS = 30.0
+# Longer than one send can take (connect and read timeouts), so a claim outlives its send.
+CLAIM_SECONDS = 4 * TIMEOUT_SECONDS
 # Cloud metadata services answer on link-local addresses or these names.
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata"})
 
@@ -43,22 +47,42 @@ METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata"})
 def check_notify_url(url: str) -> str:
     """``url`` if it may receive notifications; BadRequest otherwise.
 
-    Link-local and cloud-metadata addresses are refused: a notification must not be a way
-    to make the server call its own cloud credentials endpoint.
+    Link-local, multicast and unspecified addresses and cloud-metadata names are refused,
+    however written (IPv4-mapped, integer or octal forms, a trailing dot) and whatever a
+    name resolves to: a notification must not make the server call its own cloud
+    credentials endpoint. The check runs again before every send.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadRequest(f"notify_url {url!r} must be an http(s) URL with a host")
-    host = parts.hostname.lower()
+    host = parts.hostname.lower().rstrip(".")
     if host in METADATA_HOSTS:
         raise BadRequest(f"notify_url host {host!r} is a cloud metadata service")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return url
-    if address.is_link_local or address.is_multicast or address.is_unspecified:
-        raise BadRequest(f"notify_url address {host} is link-local, multicast or unspecified")
+    for address in _addresses(host):
+        if address.is_link_local or address.is_multicast or address.is_unspecified:
+            raise BadRequest(
+                f"notify_url host {host!r} is (or resolves to) {address}, "
+                "a link-local, multicast or unspecified address"
+            )
     return url
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses ``host`` stands for: itself when literal, else what it resolves to."""
+    try:
+        found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except (socket.gaierror, UnicodeError):
+            return []  # unresolvable now: the send will fail, and is checked again then
+        found = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    mapped = [
+        address.ipv4_mapped
+        for address in found
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
+    ]
+    return [*found, *mapped]
 
 
 def queue_notifications(session: Session, cart: Cart) -> int | None:
@@ -87,13 +111,15 @@ def run_cart_notify(context: JobContext) -> None:
     with httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
         for requester in pending:
             context.check_lease()
+            # Another notify job of this cart may be sending to the same requester.
+            if not _claim(context, cart_id, requester["user"]):
+                continue
             try:
                 sent = _send(context, client, requester, message)
-            except (httpx.HTTPError, NotifyFailed) as exc:
+            except (httpx.HTTPError, NotifyFailed, BadRequest) as exc:
                 failures.append(f"{requester['user']}: {exc}")
-                continue
-            if sent:
-                _mark_told(context, cart_id, requester["user"])
+                sent = False
+            _settle(context, cart_id, requester["user"], told=sent)
     if failures:
         raise RetryLater(f"{len(failures)} notification(s) failed; first: {failures[0]}")
     with context.runtime.db.session() as session:
@@ -154,6 +180,7 @@ def _send(
     if message is None or message["event"] is None:
         return False
     if requester["kind"] == WEBHOOK:
+        check_notify_url(requester["url"])
         answer = client.post(
             requester["url"],
             json=message["event"],
@@ -181,12 +208,38 @@ def _send(
     return True
 
 
-def _mark_told(context: JobContext, cart_id: int, user: str) -> None:
+def _claim(context: JobContext, cart_id: int, user: str) -> bool:
+    """Take the right to tell ``user`` for a while; False if told already or claimed."""
+    now = utcnow()
+    with context.runtime.db.session() as session:
+        taken = session.execute(
+            update(CartRequester)
+            .where(
+                CartRequester.cart_id == cart_id,
+                CartRequester.user == user,
+                CartRequester.notified_at.is_(None),
+                or_(
+                    CartRequester.notify_claimed_until.is_(None),
+                    CartRequester.notify_claimed_until < now,
+                ),
+            )
+            .values(notify_claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
+            .execution_options(synchronize_session=False)
+        )
+        return bool(taken.rowcount)  # type: ignore[attr-defined]
+
+
+def _settle(context: JobContext, cart_id: int, user: str, *, told: bool) -> None:
+    """Record that ``user`` was told, or free the claim so a retry tells them."""
+    values: dict[str, Any] = {"notify_claimed_until": None}
+    if told:
+        values["notified_at"] = utcnow()
     with context.runtime.db.session() as session:
         session.execute(
             update(CartRequester)
             .where(CartRequester.cart_id == cart_id, CartRequester.user == user)
-            .values(notified_at=utcnow())
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
-    log.info("cart %s: told %s", cart_id, user)
+    if told:
+        log.info("cart %s: told %s", cart_id, user)

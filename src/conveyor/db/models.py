@@ -298,6 +298,8 @@ class CartRequester(Base):
     name: Mapped[str | None] = mapped_column(String(255), default=None)
     external_id: Mapped[str | None] = mapped_column(String(255), default=None)
     notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # While a notify job sends to this requester, no other job does.
+    notify_claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class PacificaCart(Base):

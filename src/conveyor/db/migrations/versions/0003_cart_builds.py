@@ -62,6 +62,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("name", sa.String(length=255), nullable=True))
         batch_op.add_column(sa.Column("external_id", sa.String(length=255), nullable=True))
         batch_op.add_column(sa.Column("notified_at", TIMESTAMP, nullable=True))
+        batch_op.add_column(sa.Column("notify_claimed_until", TIMESTAMP, nullable=True))
 
     with op.batch_alter_table("carts", schema=None) as batch_op:
         batch_op.add_column(
@@ -94,6 +95,7 @@ def downgrade() -> None:
         batch_op.drop_column("compression")
 
     with op.batch_alter_table("cart_requesters", schema=None) as batch_op:
+        batch_op.drop_column("notify_claimed_until")
         batch_op.drop_column("notified_at")
         batch_op.drop_column("external_id")
         batch_op.drop_column("name")
