@@ -46,12 +46,17 @@ def _trusted(settings: Settings, client_host: str | None) -> bool:
     )
 
 
+def anonymous(settings: Settings) -> Principal:
+    """The principal of every request when auth is ``none``: the default user, as admin."""
+    return Principal(settings.default_user, admin=True, authenticated=False)
+
+
 def authenticate(
     settings: Settings, db: Database, headers: Mapping[str, str], client_host: str | None
 ) -> Principal:
     """The principal making the request, or :class:`Unauthorized` saying what is missing."""
     if settings.auth == "none":
-        return Principal(settings.default_user, admin=True, authenticated=False)
+        return anonymous(settings)
     if settings.auth == "token":
         secret = _bearer(headers)
         if secret is None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from conveyor.auth.principal import Principal
 from conveyor.carts import states
 from conveyor.carts.layout import BundleEntry, BundleLayout, make_layout, manifest_json
+from conveyor.carts.layout_cache import LAYOUTS
 from conveyor.carts.notify import queue_notifications
 from conveyor.carts.paths import BadBundlePath, bundle_path
 from conveyor.db.models import Cart, CartItem, CartRequester, File, ProjectMember, Transaction
@@ -400,9 +401,13 @@ def layout_of(session: Session, archive: Archive, cart: Cart, prefix: str = "") 
 
     ``prefix`` puts every file under one folder (Pacifica cartd names it per download).
     """
-    entries = list(entries_of(session, archive, cart, prefix))
-    manifest = manifest_json(entries, cart.missing) if cart.manifest else None
-    return make_layout("zip" if cart.format == "zip" else "tar", entries, manifest)
+
+    def make() -> BundleLayout:
+        entries = list(entries_of(session, archive, cart, prefix))
+        manifest = manifest_json(entries, cart.missing) if cart.manifest else None
+        return make_layout("zip" if cart.format == "zip" else "tar", entries, manifest)
+
+    return LAYOUTS.get_or_make((archive.url, cart.request_hash, prefix), make)
 
 
 def settle_stream(session: Session, archive: Archive, cart: Cart) -> None:

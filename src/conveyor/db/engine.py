@@ -61,8 +61,9 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with pool settings fit for threads and several processes."""
     parsed = normalise_url(url)
-    options: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+    options: dict[str, Any] = {"future": True}
     if parsed.get_backend_name() == "sqlite":
+        # A file database has no server to drop connections; a ping per checkout is waste.
         database = parsed.database or ""
         if database and database != ":memory:":
             from pathlib import Path
@@ -70,7 +71,7 @@ def make_engine(url: str) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         options["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
-        options.update(pool_size=10, max_overflow=20, pool_recycle=1800)
+        options.update(pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800)
     engine = create_engine(parsed, **options)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _tune_sqlite)

@@ -4,28 +4,35 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import Depends, Request
 
 from conveyor.auth.principal import Principal
-from conveyor.auth.resolve import authenticate
+from conveyor.auth.resolve import anonymous, authenticate
 from conveyor.errors import Forbidden
 from conveyor.runtime import Runtime
 
+# Dependencies are async where they need no I/O: FastAPI runs a sync dependency in a worker
+# thread, and each such hop costs more than a small request's own work.
 
-def get_runtime(request: Request) -> Runtime:
+
+async def get_runtime(request: Request) -> Runtime:
     """The runtime this app was started with."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     """Who makes this request (raises 401 when credentials are missing or wrong)."""
-    runtime = get_runtime(request)
+    runtime: Runtime = request.app.state.runtime
+    settings = runtime.settings
+    if settings.auth == "none":
+        return anonymous(settings)
     host = request.client.host if request.client else None
-    return authenticate(runtime.settings, runtime.db, request.headers, host)
+    return await to_thread.run_sync(authenticate, settings, runtime.db, request.headers, host)
 
 
-def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     """The principal, when it is an admin."""
     if not principal.admin:
         raise Forbidden("this needs an admin token")

@@ -57,7 +57,7 @@ class Conditions:
     if_none_match: str | None = None
 
 
-def request_conditions(
+async def request_conditions(
     range_header: Annotated[str | None, Header(alias="range")] = None,
     if_range: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
