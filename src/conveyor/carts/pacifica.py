@@ -39,10 +39,10 @@ class CartdFile:
     hashsum: str
 
 
-def published_status(cart: Cart) -> str:
+def published_status(state: str) -> str:
     """The state a cartd client knows: ``staging`` until ``ready`` or ``error``."""
-    if cart.state in (states.READY, states.ERROR):
-        return cart.state
+    if state in (states.READY, states.ERROR):
+        return state
     return states.STAGING
 
 

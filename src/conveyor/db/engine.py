@@ -70,6 +70,9 @@ def make_engine(url: str) -> Engine:
 
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        # Requests run on up to 40 threads: connections past the pool size would be opened
+        # (and tuned with PRAGMAs) and closed again for every request.
+        options.update(pool_size=40, max_overflow=20)
     else:
         options.update(pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800)
     engine = create_engine(parsed, **options)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Row
+
 from conveyor.db.models import Cart, File, Job, Transaction
 from conveyor.jobs import states
 
@@ -86,7 +88,7 @@ def transaction_view(row: Transaction) -> dict[str, Any]:
     }
 
 
-def cart_view(cart: Cart) -> dict[str, Any]:
+def cart_view(cart: Cart | Row[Any]) -> dict[str, Any]:
     """A cart in the native API."""
     return {
         "id": cart.id,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from conveyor.carts import notify, service, states
+from conveyor.carts import notify, service, states, status
 from conveyor.web.cart_bundles import bundle_response
 from conveyor.web.deps import PrincipalDep, RuntimeDep
 from conveyor.web.ranges import ConditionsDep
@@ -82,8 +82,7 @@ def create_cart(body: CartRequest, runtime: RuntimeDep, principal: PrincipalDep)
 def get_cart(cart_id: int, runtime: RuntimeDep, principal: PrincipalDep) -> JSONResponse:
     """Status, bytes done and total, and a readable error per failed file."""
     # A JSONResponse skips FastAPI's response validation: clients poll this endpoint.
-    with runtime.db.session() as session:
-        return JSONResponse(cart_view(service.visible_cart(session, principal, cart_id)))
+    return JSONResponse(cart_view(status.cart_row(runtime.db, principal, cart_id)))
 
 
 @router.delete("/{cart_id}", summary="Withdraw a cart", status_code=204)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, TypeAdapter, Valid
 
 from conveyor.carts import pacifica, states
 from conveyor.carts.paths import BadBundlePath, bundle_path
+from conveyor.carts.status import uid_state
 from conveyor.errors import BadRequest, ConveyorError, NotFound
 from conveyor.web.cart_bundles import bundle_response
 from conveyor.web.deps import PrincipalDep, RuntimeDep
@@ -102,15 +103,13 @@ async def post_cart(
 @router.head("/{uid}", summary="A cart's status in X-Pacifica-Status")
 def head_cart(uid: str, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
     """204 while staging or ready, 500 in error, 404 unknown: the published answers."""
-    with runtime.db.session() as session:
-        found = pacifica.cart_of(session, principal, uid)
-        if found is None:
-            status, message, code = "error", f"No cart with uid {uid} found", 404
-        else:
-            cart = found[0]
-            status = pacifica.published_status(cart)
-            message = cart.error if status == states.ERROR else ""
-            code = 500 if status == states.ERROR else 204
+    found = uid_state(runtime.db, principal, uid)
+    if found is None:
+        status, message, code = "error", f"No cart with uid {uid} found", 404
+    else:
+        status = pacifica.published_status(found[0])
+        message = found[1] if status == states.ERROR else ""
+        code = 500 if status == states.ERROR else 204
     # Header values are one line: a multi-line error would break the response.
     flat = " ".join(message.split())
     return Response(
