@@ -157,6 +157,24 @@ class LocalStore(BlobStore):
         """A plain file, opened for reading."""
         return open(self.path(key), "rb")
 
+    def read_range(
+        self, key: str, start: int = 0, end: int | None = None, chunk_size: int = READ_CHUNK
+    ) -> Iterator[bytes]:
+        """``pread`` on a raw descriptor: a cart of thousands of small files opens each one,
+        and a buffered file object per open costs more than reading 4 KiB."""
+        fd = os.open(self.path(key), os.O_RDONLY)
+        try:
+            position = start
+            while end is None or position < end:
+                want = chunk_size if end is None else min(chunk_size, end - position)
+                chunk = os.pread(fd, want, position)
+                if not chunk:
+                    break
+                position += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
     def size(self, key: str) -> int | None:
         """``os.stat`` of the file."""
         try:
