@@ -86,17 +86,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     if runtime is not None:
         app.state.runtime = runtime
     problems.install(app)
+    # Routes are matched in this order: the ones clients poll come first.
     for router in (
+        carts.router,
+        pacifica_cartd.router,
+        jobs.router,
+        pacifica_ingest.router,
         health.router,
         ingest.router,
-        jobs.router,
         transactions.router,
-        carts.router,
         admin.router,
-        pacifica_ingest.router,
         pacifica_policy.router,
         pacifica_archive.router,
-        pacifica_cartd.router,
         motrpac.router,
     ):
         app.include_router(router)
