@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from conveyor.auth.tokens import create_token
-from conveyor.carts.build import CART_READY, expire_carts
+from conveyor.carts.build import expire_carts
+from conveyor.carts.events import CART_READY
 from conveyor.db.models import Cart, Job, OutboxEvent
 from conveyor.db.types import utcnow
 from conveyor.runtime import Runtime

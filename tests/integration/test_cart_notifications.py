@@ -358,3 +358,20 @@ def test_notify_url_refuses_disguised_link_local_and_metadata_hosts(
     answer = ask_for_nothing(client, url)
     assert answer.status_code == 400, answer.text
     assert answer.json()["detail"].startswith("notify_url ")
+
+
+def test_a_stream_cart_ready_at_once_is_told_too(client: TestClient, runtime: Runtime) -> None:
+    transaction = ingest(client)
+    with running_receiver() as receiver:
+        made = client.post(
+            "/api/v1/carts",
+            json={"transactions": [transaction["id"]], "notify_url": f"{receiver.url}/s"},
+        )
+        assert made.status_code == 201, made.text
+        cart = made.json()
+        assert (cart["mode"], cart["status"]) == ("stream", "ready")
+        [received] = receiver.wait_for(1)
+    event = event_of(received)
+    assert event["id"] == stored_event(runtime, cart["id"], READY).id
+    assert (event["type"], event["data"]["status"]) == (READY, "ready")
+    assert event["data"]["bytes_total"] == cart["bytes_total"]

@@ -21,12 +21,13 @@ from sqlalchemy import select, update
 from conveyor.carts import states
 from conveyor.carts.bundles import NoSpace, WrittenBundle, bundle_key, copy_chunks, deflated_zip
 from conveyor.carts.bundles import write_bundle as write_to_store
+from conveyor.carts.events import CART_FAILED, CART_READY, cart_event
 from conveyor.carts.layout import manifest_json
 from conveyor.carts.notify import queue_notifications
 from conveyor.carts.service import KIND_CART_BUILD, discard, entries_of, layout_of
-from conveyor.db.models import Cart, CartItem, CartRequester, File
+from conveyor.db.models import Cart, CartItem, File
 from conveyor.db.types import utcnow
-from conveyor.events.outbox import Event, record_event
+from conveyor.events.outbox import record_event
 from conveyor.jobs import service as jobs
 from conveyor.jobs import states as job_states
 from conveyor.jobs.context import JobContext, LeaseLost
@@ -44,8 +45,6 @@ STAGE_BATCH = 1000
 EXPIRY_SWEEP_SECONDS = 60.0
 TEMP_PURGE_SECONDS = 600.0
 EXPIRY_BATCH = 100
-CART_READY = "org.conveyor.cart.ready"
-CART_FAILED = "org.conveyor.cart.failed"
 STAGE_TASK = "stage files"
 BUNDLE_TASK = "write bundle"
 
@@ -291,7 +290,7 @@ def _mark_ready(context: JobContext, cart_id: int, built: tuple[WrittenBundle, s
         cart.ready_at = now
         cart.error = ""
         cart.item_errors = []
-        record_event(session, _cart_event(session, cart, CART_READY))
+        record_event(session, cart_event(session, cart, CART_READY))
         notify_job = queue_notifications(session, cart)
         jobs.finish(
             session, context.job_id, job_states.SUCCEEDED, task="ready", percent=100.0, error=""
@@ -313,7 +312,7 @@ def _mark_error(runtime: Runtime, cart_id: int, message: str, items: list[dict[s
         cart.state = states.ERROR
         cart.error = message
         cart.item_errors = items
-        record_event(session, _cart_event(session, cart, CART_FAILED))
+        record_event(session, cart_event(session, cart, CART_FAILED))
         notify_job = queue_notifications(session, cart)
     log.info("cart %s failed: %s", cart_id, message)
     if notify_job is not None:
@@ -323,30 +322,6 @@ def _mark_error(runtime: Runtime, cart_id: int, message: str, items: list[dict[s
 def _finish_job(runtime: Runtime, job_id: int, task: str) -> None:
     with runtime.db.session() as session:
         jobs.finish(session, job_id, job_states.SUCCEEDED, task=task, percent=100.0)
-
-
-def _cart_event(session: Any, cart: Cart, kind: str) -> Event:
-    requesters = session.scalars(
-        select(CartRequester.user).where(CartRequester.cart_id == cart.id)
-    ).all()
-    return Event(
-        type=kind,
-        source="/api/v1/carts",
-        subject=f"carts/{cart.id}",
-        data={
-            "id": cart.id,
-            "status": cart.state,
-            "format": cart.format,
-            "mode": cart.mode,
-            "file_count": cart.file_count,
-            "bytes_total": cart.total_size,
-            "etag": cart.etag,
-            "error": cart.error,
-            "item_errors": cart.item_errors[:10],
-            "requesters": sorted(requesters),
-            "bundle": f"/api/v1/carts/{cart.id}/bundle",
-        },
-    )
 
 
 def expire_carts(runtime: Runtime) -> int:

@@ -20,6 +20,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.carts import states
+from conveyor.carts.events import CART_FAILED, CART_READY
 from conveyor.carts.motrpac_messages import Requester as MotrpacRequester
 from conveyor.carts.motrpac_messages import encode_notification
 from conveyor.db.models import Cart, CartItem, CartRequester, OutboxEvent
@@ -153,7 +154,7 @@ def _pending(session: Session, cart_id: int) -> list[dict[str, Any]]:
 
 def _outcome_of(session: Session, cart: Cart) -> dict[str, Any]:
     """What every requester is told: the cart's event, and (for MoTrPAC) its zip and files."""
-    kind = "org.conveyor.cart.ready" if cart.state == states.READY else "org.conveyor.cart.failed"
+    kind = CART_READY if cart.state == states.READY else CART_FAILED
     event = session.scalars(
         select(OutboxEvent)
         .where(OutboxEvent.subject == f"carts/{cart.id}", OutboxEvent.type == kind)

@@ -14,13 +14,16 @@ from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
 from conveyor.carts import states
+from conveyor.carts.events import CART_READY, cart_event
 from conveyor.carts.layout import BundleEntry, BundleLayout, make_layout, manifest_json
 from conveyor.carts.layout_cache import LAYOUTS
 from conveyor.carts.notify import queue_notifications
 from conveyor.carts.paths import BadBundlePath, bundle_path
 from conveyor.db.models import Cart, CartItem, CartRequester, File, ProjectMember, Transaction
+from conveyor.db.types import utcnow
 from conveyor.db.upsert import insert_missing
 from conveyor.errors import BadRequest, Conflict, NotFound
+from conveyor.events.outbox import record_event
 from conveyor.jobs.service import create_job
 from conveyor.storage.archive import Archive
 from conveyor.storage.stores import BlobStore
@@ -411,8 +414,10 @@ def layout_of(session: Session, archive: Archive, cart: Cart, prefix: str = "") 
 
 
 def settle_stream(session: Session, archive: Archive, cart: Cart) -> None:
-    """Record the size and ETag of a stream cart that is ready as soon as it exists."""
+    """Record the size, ETag and ready event of a stream cart that is ready as it exists."""
     layout = layout_of(session, archive, cart)
     cart.total_size = layout.size
     cart.bytes_done = layout.size
     cart.etag = layout.etag
+    cart.ready_at = utcnow()
+    record_event(session, cart_event(session, cart, CART_READY))
