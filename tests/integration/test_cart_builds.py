@@ -248,3 +248,20 @@ def test_a_full_bundle_store_fails_that_cart_only(
             one = client.post("/api/v1/carts", json={"files": files[1:], "mode": "build"}).json()
             assert one["status"] == "ready"
             assert len(download(client, one)) == one["bytes_total"]
+
+
+def test_metrics_count_cart_outcomes_and_built_bytes(client: TestClient) -> None:
+    def sample(text: str, name: str) -> float:
+        lines = [line for line in text.splitlines() if line.startswith(name)]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    ready = 'conveyor_carts_finished_total{mode="build",status="ready"}'
+    before = client.get("/metrics").text
+    transaction = ingest(client)
+    cart = client.post(
+        "/api/v1/carts", json={"transactions": [transaction["id"]], "mode": "build"}
+    ).json()
+    after = client.get("/metrics").text
+    assert sample(after, ready) == sample(before, ready) + 1
+    built = "conveyor_cart_bundle_bytes_total"
+    assert sample(after, built) == sample(before, built) + cart["bytes_total"]

@@ -34,6 +34,7 @@ from conveyor.jobs.context import JobContext, LeaseLost
 from conveyor.jobs.errors import RetryLater, StepFailed
 from conveyor.jobs.executors import SWEEP_HOOKS, SweepHook
 from conveyor.jobs.registry import job_handler
+from conveyor.observability import metrics
 from conveyor.runtime import Runtime
 from conveyor.storage.archive import Archive
 
@@ -287,6 +288,7 @@ def _mark_ready(context: JobContext, cart_id: int, built: tuple[WrittenBundle, s
             cart.expires_at = now + timedelta(seconds=runtime.settings.cart_ttl_seconds)
         cart.bytes_done = cart.total_size
         cart.state = states.READY
+        mode = cart.mode
         cart.ready_at = now
         cart.error = ""
         cart.item_errors = []
@@ -295,6 +297,9 @@ def _mark_ready(context: JobContext, cart_id: int, built: tuple[WrittenBundle, s
         jobs.finish(
             session, context.job_id, job_states.SUCCEEDED, task="ready", percent=100.0, error=""
         )
+    metrics.CARTS_FINISHED.labels(mode=mode, status="ready").inc()
+    if built is not None:
+        metrics.CART_BUNDLE_BYTES.inc(built[0].size)
     log.info("cart %s is ready", cart_id)
     if notify_job is not None:
         runtime.submit(notify_job)
@@ -310,6 +315,7 @@ def _mark_error(runtime: Runtime, cart_id: int, message: str, items: list[dict[s
         if cart is None:
             return
         cart.state = states.ERROR
+        metrics.CARTS_FINISHED.labels(mode=cart.mode, status="error").inc()
         cart.error = message
         cart.item_errors = items
         record_event(session, cart_event(session, cart, CART_FAILED))

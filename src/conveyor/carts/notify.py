@@ -32,6 +32,7 @@ from conveyor.jobs import states as job_states
 from conveyor.jobs.context import JobContext
 from conveyor.jobs.errors import RetryLater
 from conveyor.jobs.registry import job_handler
+from conveyor.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,10 @@ def run_cart_notify(context: JobContext) -> None:
                 sent = _send(context, client, requester, message)
             except (httpx.HTTPError, NotifyFailed, BadRequest) as exc:
                 failures.append(f"{requester['user']}: {exc}")
+                metrics.CART_NOTIFICATIONS.labels(kind=requester["kind"], outcome="failed").inc()
                 sent = False
+            if sent:
+                metrics.CART_NOTIFICATIONS.labels(kind=requester["kind"], outcome="sent").inc()
             _settle(context, cart_id, requester["user"], told=sent)
     if failures:
         raise RetryLater(f"{len(failures)} notification(s) failed; first: {failures[0]}")

@@ -15,3 +15,10 @@ HTTP_REQUESTS = Histogram(
     ["method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+CARTS_FINISHED = Counter("conveyor_carts_finished_total", "Cart outcomes", ["mode", "status"])
+CART_BUNDLE_BYTES = Counter(
+    "conveyor_cart_bundle_bytes_total", "Bytes of built bundles written to the bundle store"
+)
+CART_NOTIFICATIONS = Counter(
+    "conveyor_cart_notifications_total", "Requester notifications sent", ["kind", "outcome"]
+)
