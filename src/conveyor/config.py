@@ -63,6 +63,19 @@ class Settings(BaseSettings):
     cart_ttl_seconds: float = Field(7 * 86400.0, gt=0)
     motrpac_notify_url: str = ""
     motrpac_project: str = ""
+    pacifica_archive_url: str = Field(
+        "",
+        validation_alias=AliasChoices("CONVEYOR_PACIFICA_ARCHIVE_URL", "ARCHIVE_INTERFACE_URL"),
+    )
+    cart_cache_url: str = ""
+    cart_cache_high_bytes: int = Field(50 * 1024**3, ge=1)
+    cart_cache_low_bytes: int = Field(40 * 1024**3, ge=0)
+    lru_buffer_seconds: float = Field(
+        3600.0,
+        ge=0,
+        validation_alias=AliasChoices("CONVEYOR_LRU_BUFFER_SECONDS", "LRU_BUFFER_TIME"),
+    )
+    remote_stage_timeout_seconds: float = Field(86400.0, gt=0)
 
     db_connect_attempts: int = Field(
         10,
@@ -134,6 +147,10 @@ class Settings(BaseSettings):
             self.archive_url = f"file://{data_dir / 'archive'}"
         if not self.cart_store_url:
             self.cart_store_url = f"file://{data_dir / 'bundles'}"
+        if not self.cart_cache_url:
+            self.cart_cache_url = f"file://{data_dir / 'cache'}"
+        if self.cart_cache_low_bytes > self.cart_cache_high_bytes:
+            raise ValueError("CONVEYOR_CART_CACHE_LOW_BYTES must not exceed the high watermark")
         _check_scheme("database_url", self.database_url, DATABASE_SCHEMES)
         if self.broker_url:
             _check_scheme("broker_url", self.broker_url, BROKER_SCHEMES)

@@ -28,6 +28,8 @@ class Runtime:
     archive: Archive
     # Where built cart bundles are kept (any store URL, like the archive's).
     bundles: BlobStore
+    # The shared input cache of files staged from remote archive interfaces.
+    cache: Archive
     executor: Executor = field(init=False)
 
     @classmethod
@@ -41,7 +43,8 @@ class Runtime:
             upgrade(db)
         archive = open_archive(settings.archive_url)
         bundles = open_store(settings.cart_store_url)
-        runtime = cls(settings=settings, db=db, archive=archive, bundles=bundles)
+        cache = open_archive(settings.cart_cache_url)
+        runtime = cls(settings=settings, db=db, archive=archive, bundles=bundles, cache=cache)
         runtime.executor = make_executor(runtime, inline=inline)
         return runtime
 

@@ -22,6 +22,7 @@ from conveyor.carts import states
 from conveyor.carts.bundles import NoSpace, WrittenBundle, bundle_key, copy_chunks, deflated_zip
 from conveyor.carts.bundles import write_bundle as write_to_store
 from conveyor.carts.events import CART_FAILED, CART_READY, cart_event
+from conveyor.carts.input_cache import CacheMiss, fetch
 from conveyor.carts.layout import manifest_json
 from conveyor.carts.notify import queue_notifications
 from conveyor.carts.service import KIND_CART_BUILD, discard, entries_of, layout_of
@@ -55,7 +56,8 @@ class StagedItem:
     """What the stage step knows of one cart item."""
 
     position: int
-    file_id: int
+    file_id: int | None
+    remote_key: str | None
     path: str
     size: int
     sha256: str
@@ -142,20 +144,23 @@ def _enter_state(runtime: Runtime, cart_id: int, state: str) -> tuple[str, int] 
 
 
 def _stage(context: JobContext, cart_id: int, total: int) -> None:
-    """Check every file is in the archive whole, and has the hash its requester expects."""
-    archive = context.runtime.archive
+    """Check every file is in the archive (or fetch it into the input cache) whole, with the
+    hash its requester expects."""
     progress = Progress(context, cart_id, total)
     errors: list[dict[str, Any]] = []
     failed = count = done = 0
     for item in _staged_items(context.runtime, cart_id):
         context.check_lease()
         count += 1
-        reason = _problem(archive, item)
+        if item.remote_key is not None:
+            reason, size = _stage_remote(context, cart_id, item)
+        else:
+            reason, size = _problem(context.runtime.archive, item), item.size
         if reason is not None:
             failed += 1
             if len(errors) < MAX_ITEM_ERRORS:
                 errors.append({"item": item.path, "file_id": item.file_id, "error": reason})
-        done += item.size
+        done += size
         progress(done)
     progress(done, force=True)
     if failed:
@@ -165,6 +170,26 @@ def _stage(context: JobContext, cart_id: int, total: int) -> None:
             f"{failed} of {count} files failed; first: {first['item']}: {first['error']}",
             errors,
         )
+
+
+def _stage_remote(context: JobContext, cart_id: int, item: StagedItem) -> tuple[str | None, int]:
+    """Fetch a remote file into the input cache and record what it is; (problem, size)."""
+    assert item.remote_key is not None
+    try:
+        cached = fetch(context, item.remote_key, item.check_type)
+    except CacheMiss as exc:
+        return str(exc), 0
+    except NoSpace as exc:
+        raise StepFailed(STAGE_TASK, str(exc)) from None
+    with context.runtime.db.session() as session:
+        session.execute(
+            update(CartItem)
+            .where(CartItem.cart_id == cart_id, CartItem.position == item.position)
+            .values(size=cached.size, sha256=cached.sha256, crc32=cached.crc32, mtime=cached.mtime)
+            .execution_options(synchronize_session=False)
+        )
+    known = {"sha256": cached.sha256, **cached.hashes}
+    return _check(context.runtime.cache, cached.sha256, known, item), cached.size
 
 
 def _staged_items(runtime: Runtime, cart_id: int) -> Iterator[StagedItem]:
@@ -184,6 +209,7 @@ def _staged_batch(runtime: Runtime, cart_id: int, after: int) -> list[StagedItem
             select(
                 CartItem.position,
                 CartItem.file_id,
+                CartItem.remote_key,
                 CartItem.path,
                 CartItem.size,
                 CartItem.sha256,
@@ -199,13 +225,13 @@ def _staged_batch(runtime: Runtime, cart_id: int, after: int) -> list[StagedItem
             .limit(STAGE_BATCH)
         )
         return [
-            StagedItem(pos, fid, path, size, sha, ctype, csum, found is not None, htype, hsum)
-            for pos, fid, path, size, sha, ctype, csum, found, htype, hsum in rows
+            StagedItem(pos, fid, key, path, size, sha, ctype, csum, found is not None, ht, hs)
+            for pos, fid, key, path, size, sha, ctype, csum, found, ht, hs in rows
         ]
 
 
 def _problem(archive: Archive, item: StagedItem) -> str | None:
-    """Why the item cannot go in the bundle, or ``None`` when it can."""
+    """Why an archived item cannot go in the bundle, or ``None`` when it can."""
     if not item.file_exists:
         return f"file {item.file_id} no longer exists"
     held = archive.size(item.sha256)
@@ -213,28 +239,28 @@ def _problem(archive: Archive, item: StagedItem) -> str | None:
         return f"the archive does not hold file {item.file_id} (blob {item.sha256})"
     if held != item.size:
         return f"the archive holds {held} bytes of file {item.file_id}, not {item.size}"
+    known = {"sha256": item.sha256}
+    if item.hashtype and item.hashsum:  # verified when the file was archived
+        known[item.hashtype.lower()] = item.hashsum.lower()
+    return _check(archive, item.sha256, known, item)
+
+
+def _check(store: Archive, sha256: str, known: dict[str, str], item: StagedItem) -> str | None:
+    """Whether the blob has the hash the requester expects: from ``known`` hashes, or by
+    reading it once."""
     if not item.check_type:
         return None
+    kind = item.check_type.lower()
     expected = (item.check_sum or "").lower()
-    actual = _known_hash(item) or _computed_hash(archive, item)
+    actual = known.get(kind) or _computed_hash(store, sha256, kind)
     if actual != expected:
         return f"its {item.check_type} is {actual}, not the expected {expected or '(empty)'}"
     return None
 
 
-def _known_hash(item: StagedItem) -> str | None:
-    """A hash already recorded for the file (verified when it was archived), if it is the one."""
-    kind = (item.check_type or "").lower()
-    if kind == "sha256":
-        return item.sha256
-    if item.hashtype and item.hashsum and item.hashtype.lower() == kind:
-        return item.hashsum.lower()
-    return None
-
-
-def _computed_hash(archive: Archive, item: StagedItem) -> str:
-    hasher = hashlib.new((item.check_type or "").lower())
-    for chunk in archive.read_range(item.sha256):
+def _computed_hash(store: Archive, sha256: str, kind: str) -> str:
+    hasher = hashlib.new(kind)
+    for chunk in store.read_range(sha256):
         hasher.update(chunk)
     return hasher.hexdigest()
 
@@ -250,11 +276,11 @@ def _write_bundle(context: JobContext, cart_id: int) -> tuple[WrittenBundle, str
         produce: Callable[[Any], None]
         etag = None
         if cart.compression == "deflate":
-            entries = list(entries_of(session, runtime.archive, cart))
+            entries = list(entries_of(session, runtime, cart))
             manifest = manifest_json(entries, cart.missing) if cart.manifest else None
             produce = deflated_zip(entries, manifest)
         else:
-            layout = layout_of(session, runtime.archive, cart)
+            layout = layout_of(session, runtime, cart)
             produce = copy_chunks(layout.chunks())
             expected, etag = layout.size, layout.etag
         key = cart.bundle_key or bundle_key(cart.request_hash, cart.format)
@@ -279,8 +305,9 @@ def _mark_ready(context: JobContext, cart_id: int, built: tuple[WrittenBundle, s
             jobs.finish(session, context.job_id, job_states.SUCCEEDED, task="cart deleted")
             return
         now = utcnow()
+        cart.ready_at = now
         if built is None:
-            layout = layout_of(session, runtime.archive, cart)
+            layout = layout_of(session, runtime, cart)
             cart.total_size, cart.etag = layout.size, layout.etag
         else:
             written, cart.etag = built
@@ -289,7 +316,6 @@ def _mark_ready(context: JobContext, cart_id: int, built: tuple[WrittenBundle, s
         cart.bytes_done = cart.total_size
         cart.state = states.READY
         mode = cart.mode
-        cart.ready_at = now
         cart.error = ""
         cart.item_errors = []
         record_event(session, cart_event(session, cart, CART_READY))

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
 from conveyor.carts import service, states
+from conveyor.carts.input_cache import register
 from conveyor.carts.paths import BadBundlePath, bundle_path
 from conveyor.db.models import Cart, CartRequester, PacificaCart
 from conveyor.errors import BadRequest, NotFound
@@ -63,27 +64,41 @@ def _hash_type(file: CartdFile) -> str:
 
 
 def request_cart(
-    session: Session, principal: Principal, uid: str, files: list[CartdFile], bundle: bool
+    session: Session,
+    principal: Principal,
+    uid: str,
+    files: list[CartdFile],
+    bundle: bool,
+    remote_source: str | None = None,
 ) -> service.Outcome:
-    """The cart for this request, named by ``uid``; the caller submits its jobs."""
+    """The cart for this request, named by ``uid``; the caller submits its jobs.
+
+    A file Conveyor does not hold is taken from the archive interface at ``remote_source``
+    when one is configured (staged into the shared input cache while the cart is staged).
+    """
     if not files:
         raise BadRequest("fileids is empty: a cart needs at least one file")
     requested: list[service.RequestedFile] = []
+    remote: list[service.CartItemSpec] = []
     missing: list[dict[str, Any]] = []
     for file in files:
         path = _bundle_path(uid, file, bundle)
         kind = _hash_type(file)
         file_id = _readable_id(session, principal, file.id)
-        if file_id is None:
-            missing.append({"item": path, "error": f"file {file.id} is not in the archive"})
-        else:
+        if file_id is not None:
             requested.append(service.RequestedFile(file_id, path, kind, file.hashsum))
+        elif remote_source:
+            key = register(session, remote_source, file.id)
+            checksum = file.hashsum.lower()
+            remote.append(service.CartItemSpec(None, path, 0, "", None, 0.0, kind, checksum, key))
+        else:
+            missing.append({"item": path, "error": f"file {file.id} is not in the archive"})
     if missing:
         outcome = service.Outcome(
             _failed_cart(session, principal, len(files), missing, bundle), True
         )
     else:
-        items = service.resolve_items(session, principal, requested)
+        items = service.resolve_items(session, principal, requested, remote=remote)
         options = service.CartOptions("tar", "build" if bundle else "stream", manifest=False)
         outcome = service.create_or_join(session, principal, options, items, None)
     session.execute(delete(PacificaCart).where(PacificaCart.uid == uid))

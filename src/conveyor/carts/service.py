@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from conveyor.auth.principal import Principal
 from conveyor.carts import states
 from conveyor.carts.events import CART_READY, cart_event
+from conveyor.carts.input_cache import touch
 from conveyor.carts.layout import BundleEntry, BundleLayout, make_layout, manifest_json
 from conveyor.carts.layout_cache import LAYOUTS
 from conveyor.carts.notify import queue_notifications
@@ -25,6 +26,7 @@ from conveyor.db.upsert import insert_missing
 from conveyor.errors import BadRequest, Conflict, NotFound
 from conveyor.events.outbox import record_event
 from conveyor.jobs.service import create_job
+from conveyor.runtime import Runtime
 from conveyor.storage.archive import Archive
 from conveyor.storage.stores import BlobStore
 
@@ -70,7 +72,7 @@ class CartOptions:
 class CartItemSpec:
     """A checked item: the file's identity and its path in the bundle."""
 
-    file_id: int
+    file_id: int | None
     path: str
     size: int
     sha256: str
@@ -78,6 +80,8 @@ class CartItemSpec:
     mtime: float
     check_type: str | None = None
     check_sum: str | None = None
+    # A file of a remote archive interface, by its input-cache key (file_id is then None).
+    remote_key: str | None = None
 
 
 def _readable_projects(session: Session, principal: Principal) -> set[str]:
@@ -104,20 +108,28 @@ def resolve_items(
     principal: Principal,
     files: Iterable[RequestedFile],
     transactions: Iterable[int] = (),
+    remote: Iterable[CartItemSpec] = (),
 ) -> list[CartItemSpec]:
-    """The cart's items in bundle order (by path), after every check a request must pass."""
+    """The cart's items in bundle order (by path), after every check a request must pass.
+
+    ``remote`` items (files of a remote archive interface) join the same checks of paths.
+    """
     wanted = list(files)
+    items: dict[str, CartItemSpec] = {}
+    for spec in remote:
+        if spec.path in items:
+            raise BadRequest(f"path {spec.path!r} is asked for twice")
+        items[spec.path] = spec
     for transaction_id in transactions:
         ids = session.scalars(select(File.id).where(File.transaction_id == transaction_id))
         listed = [RequestedFile(file_id) for file_id in ids]
         if not listed:
             raise NotFound(f"transaction {transaction_id} does not exist or holds no files")
         wanted.extend(listed)
-    if not wanted:
+    if not wanted and not items:
         raise BadRequest("a cart needs at least one file or transaction")
     found = _files_of(session, sorted({item.file_id for item in wanted}))
     projects = None if principal.admin else _readable_projects(session, principal)
-    items: dict[str, CartItemSpec] = {}
     for item in wanted:
         pair = found.get(item.file_id)
         if pair is None or not _may_read(principal, pair[1], projects):
@@ -171,7 +183,10 @@ def request_hash(
             "compression": options.compression,
             "manifest": options.manifest,
             "name": options.bundle_name,
-            "items": [[i.file_id, i.sha256, i.path, i.check_type, i.check_sum] for i in items],
+            "items": [
+                [i.file_id, i.remote_key, i.sha256, i.path, i.check_type, i.check_sum]
+                for i in items
+            ],
             "missing": sorted(str(item.get("path")) for item in missing or []),
         },
         separators=(",", ":"),
@@ -326,6 +341,7 @@ def _insert_items(session: Session, cart_id: int, items: list[CartItemSpec]) -> 
                     "mtime": item.mtime,
                     "check_type": item.check_type,
                     "check_sum": item.check_sum,
+                    "remote_key": item.remote_key,
                 }
                 for position, item in enumerate(items[start : start + LOOKUP_BATCH], start)
             ],
@@ -340,6 +356,16 @@ def visible_cart(session: Session, principal: Principal, cart_id: int) -> Cart:
     if not principal.admin and session.get(CartRequester, (cart_id, principal.user)) is None:
         raise NotFound(f"cart {cart_id} does not exist")
     return cart
+
+
+def restage_if_evicted(session: Session, cart: Cart) -> int | None:
+    """Queue a ready stream cart for staging again when its remote files left the input
+    cache; the job's id, or ``None`` when every file is still there (now marked used)."""
+    if cart.mode != "stream" or cart.state != states.READY or touch(session, cart.id):
+        return None
+    cart.state = states.WAITING
+    cart.job_id = create_job(session, KIND_CART_BUILD, cart.owner, {"cart_id": cart.id}).id
+    return cart.job_id
 
 
 def remove(session: Session, bundles: BlobStore, principal: Principal, cart_id: int) -> None:
@@ -363,9 +389,12 @@ def discard(session: Session, bundles: BlobStore, cart: Cart) -> None:
 
 
 def entries_of(
-    session: Session, archive: Archive, cart: Cart, prefix: str = ""
+    session: Session, runtime: Runtime, cart: Cart, prefix: str = ""
 ) -> Iterator[BundleEntry]:
-    """The cart's files as bundle entries, in bundle order, optionally under ``prefix``."""
+    """The cart's files as bundle entries, in bundle order, optionally under ``prefix``.
+
+    Archived files are read from the archive, remote ones from the input cache.
+    """
     # Plain rows, not ORM objects: a cart of 10,000 files is read on every download.
     rows = session.execute(
         select(
@@ -375,11 +404,12 @@ def entries_of(
             CartItem.mtime,
             CartItem.sha256,
             CartItem.crc32,
+            CartItem.remote_key,
         )
         .where(CartItem.cart_id == cart.id)
         .order_by(CartItem.position)
     )
-    for file_id, path, size, mtime, sha256, crc32 in rows:
+    for file_id, path, size, mtime, sha256, crc32, remote_key in rows:
         if crc32 is None and cart.format == "zip" and cart.compression == "stored":
             raise Conflict(f"file {file_id} has no CRC-32 record, so it cannot be zipped")
         yield BundleEntry(
@@ -388,7 +418,7 @@ def entries_of(
             mtime=mtime,
             sha256=sha256,
             crc32=crc32 or 0,
-            read=_reader(archive, sha256),
+            read=_reader(runtime.cache if remote_key else runtime.archive, sha256),
         )
 
 
@@ -399,25 +429,27 @@ def _reader(archive: Archive, sha256: str) -> Callable[[int, int], Iterator[byte
     return read
 
 
-def layout_of(session: Session, archive: Archive, cart: Cart, prefix: str = "") -> BundleLayout:
+def layout_of(session: Session, runtime: Runtime, cart: Cart, prefix: str = "") -> BundleLayout:
     """The cart's stored bundle: exact size, ETag, and any byte range on demand.
 
     ``prefix`` puts every file under one folder (Pacifica cartd names it per download).
     """
 
     def make() -> BundleLayout:
-        entries = list(entries_of(session, archive, cart, prefix))
+        entries = list(entries_of(session, runtime, cart, prefix))
         manifest = manifest_json(entries, cart.missing) if cart.manifest else None
         return make_layout("zip" if cart.format == "zip" else "tar", entries, manifest)
 
-    return LAYOUTS.get_or_make((archive.url, cart.request_hash, prefix), make)
+    # Remote files may be fetched again (and change) between two times a cart is ready.
+    version = f"{cart.request_hash}@{cart.ready_at.isoformat() if cart.ready_at else ''}"
+    return LAYOUTS.get_or_make((runtime.archive.url, version, prefix), make)
 
 
-def settle_stream(session: Session, archive: Archive, cart: Cart) -> None:
+def settle_stream(session: Session, runtime: Runtime, cart: Cart) -> None:
     """Record the size, ETag and ready event of a stream cart that is ready as it exists."""
-    layout = layout_of(session, archive, cart)
+    cart.ready_at = utcnow()
+    layout = layout_of(session, runtime, cart)
     cart.total_size = layout.size
     cart.bytes_done = layout.size
     cart.etag = layout.etag
-    cart.ready_at = utcnow()
     record_event(session, cart_event(session, cart, CART_READY))

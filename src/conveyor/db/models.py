@@ -268,7 +268,9 @@ class CartItem(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     cart_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("carts.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer)
-    file_id: Mapped[int] = mapped_column(BigInteger)
+    # A Conveyor file, or (remote_key) a file of a remote Pacifica archive interface.
+    file_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    remote_key: Mapped[str | None] = mapped_column(String(64), default=None)
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -326,3 +328,22 @@ class ArchiveName(Base):
     file_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("files.id", ondelete="CASCADE"), unique=True
     )
+
+
+class CacheEntry(Base):
+    """A remote file staged into the shared input cache (a content-addressed store)."""
+
+    __tablename__ = "cart_cache"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    remote_id: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="filling")
+    size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    crc32: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    mtime: Mapped[float | None] = mapped_column(Float, default=None)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

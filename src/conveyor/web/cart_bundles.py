@@ -37,7 +37,7 @@ def bundle_response(
             {"Retry-After": RETRY_AFTER_SECONDS},
         )
     if cart.mode == "stream":
-        layout = service.layout_of(session, runtime.archive, cart, prefix)
+        layout = service.layout_of(session, runtime, cart, prefix)
         return ranged_response(
             size=layout.size,
             etag=layout.etag,

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from conveyor.carts import notify, service, states, status
+from conveyor.errors import Conflict
 from conveyor.web.cart_bundles import bundle_response
 from conveyor.web.deps import PrincipalDep, RuntimeDep
 from conveyor.web.ranges import ConditionsDep
@@ -67,7 +68,7 @@ def create_cart(body: CartRequest, runtime: RuntimeDep, principal: PrincipalDep)
         )
         cart = outcome.cart
         if outcome.created and cart.state == states.READY:
-            service.settle_stream(session, runtime.archive, cart)
+            service.settle_stream(session, runtime, cart)
         cart_id = cart.id
         view = cart_view(cart)
     for job_id in outcome.jobs:
@@ -107,4 +108,12 @@ def get_bundle(
     """The bundle with exact length and ETag; one byte range answers 206."""
     with runtime.db.session() as session:
         cart = service.visible_cart(session, principal, cart_id)
-        return bundle_response(session, runtime, cart, f"cart-{cart.id}.{cart.format}", conditions)
+        restage = service.restage_if_evicted(session, cart)
+        if restage is None:
+            name = f"cart-{cart.id}.{cart.format}"
+            return bundle_response(session, runtime, cart, name, conditions)
+    runtime.submit(restage)
+    raise Conflict(
+        f"cart {cart_id} is being staged again: its files left the input cache",
+        {"Retry-After": "5"},
+    )

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, StrictBool, StrictInt, TypeAdapter, ValidationError
 
-from conveyor.carts import pacifica, states
+from conveyor.carts import pacifica, service, states
 from conveyor.carts.paths import BadBundlePath, bundle_path
 from conveyor.carts.status import uid_state
 from conveyor.errors import BadRequest, ConveyorError, NotFound
@@ -93,7 +93,8 @@ async def post_cart(
 
     def create() -> list[int]:
         with runtime.db.session() as session:
-            return pacifica.request_cart(session, principal, uid, files, body.bundle).jobs
+            source = runtime.settings.pacifica_archive_url or None
+            return pacifica.request_cart(session, principal, uid, files, body.bundle, source).jobs
 
     for job_id in await to_thread.run_sync(create):
         await to_thread.run_sync(runtime.submit, job_id)
@@ -143,10 +144,13 @@ def get_cart(
         if found is None:
             raise NotFound(NO_CART)
         cart, bundle = found
-        if cart.state in states.IN_PROGRESS:
-            return PlainTextResponse(NOT_READY, status_code=202)
-        prefix = "" if bundle else _prefix(name)
-        return bundle_response(session, runtime, cart, name, conditions, prefix)
+        restage = service.restage_if_evicted(session, cart)
+        if restage is None and cart.state not in states.IN_PROGRESS:
+            prefix = "" if bundle else _prefix(name)
+            return bundle_response(session, runtime, cart, name, conditions, prefix)
+    if restage is not None:
+        runtime.submit(restage)
+    return PlainTextResponse(NOT_READY, status_code=202)
 
 
 @router.delete("/{uid}", summary="Delete a cart")

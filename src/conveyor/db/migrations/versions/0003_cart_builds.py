@@ -54,6 +54,28 @@ def upgrade() -> None:
     with op.batch_alter_table("cart_items", schema=None) as batch_op:
         batch_op.add_column(sa.Column("check_type", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("check_sum", sa.String(length=256), nullable=True))
+        batch_op.add_column(sa.Column("remote_key", sa.String(length=64), nullable=True))
+        batch_op.alter_column("file_id", existing_type=sa.BigInteger(), nullable=True)
+
+    op.create_table(
+        "cart_cache",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("source", sa.Text(), nullable=False),
+        sa.Column("remote_id", sa.String(length=255), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=True),
+        sa.Column("sha256", sa.String(length=64), nullable=True),
+        sa.Column("crc32", sa.BigInteger(), nullable=True),
+        sa.Column("mtime", sa.Float(), nullable=True),
+        sa.Column("lease_owner", sa.String(length=128), nullable=True),
+        sa.Column("lease_expires_at", TIMESTAMP, nullable=True),
+        sa.Column("last_used_at", TIMESTAMP, nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_cart_cache")),
+    )
+    with op.batch_alter_table("cart_cache", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_cart_cache_last_used_at"), ["last_used_at"])
+        batch_op.create_index(batch_op.f("ix_cart_cache_sha256"), ["sha256"])
 
     with op.batch_alter_table("cart_requesters", schema=None) as batch_op:
         batch_op.add_column(sa.Column("notify_kind", sa.String(length=16), nullable=True))
@@ -103,7 +125,10 @@ def downgrade() -> None:
         batch_op.drop_column("notify_url")
         batch_op.drop_column("notify_kind")
 
+    op.drop_table("cart_cache")
     with op.batch_alter_table("cart_items", schema=None) as batch_op:
+        batch_op.alter_column("file_id", existing_type=sa.BigInteger(), nullable=False)
+        batch_op.drop_column("remote_key")
         batch_op.drop_column("check_sum")
         batch_op.drop_column("check_type")
 
