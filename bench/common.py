@@ -56,11 +56,13 @@ def make_bundle(tree: Path, path: Path) -> Path:
     return path
 
 
-def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    data_dir: Path, port: int, extra_args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env["CONVEYOR_DATA_DIR"] = str(data_dir)
     process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), *extra_args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -4,7 +4,7 @@
 connections from one thread, on the same machine:
 
 - Conveyor `GET /api/v1/carts/{id}` and `HEAD /pacifica/cartd/{uid}` (`conveyor serve` on the
-  embedded default: SQLite, one process);
+  embedded default: SQLite, one process; then again with `--processes 2`);
 - the published `pacifica-cartd` `HEAD /{uid}` (CherryPy, SQLite through peewee), when its
   virtualenv is given with `--cartd-venv` (`python3 -m venv V && V/bin/pip install
   pacifica-cartd==0.7.0`); its POST queues a Celery task on the local RabbitMQ, and the cart
@@ -69,7 +69,7 @@ def _find(pattern: str, text: str) -> tuple[str, ...]:
     return match.groups()
 
 
-def conveyor_targets(url: str) -> list[tuple[str, str, str]]:
+def conveyor_targets(url: str, label: str) -> list[tuple[str, str, str]]:
     """Make a ready native cart and a ready cartd uid; the endpoints to drive."""
     stored = httpx.put(f"{url}/pacifica/archive/foo.txt", content=CONTENT, timeout=30)
     stored.raise_for_status()
@@ -88,8 +88,8 @@ def conveyor_targets(url: str) -> list[tuple[str, str, str]]:
             break
         time.sleep(0.1)
     return [
-        ("conveyor GET /api/v1/carts/{id}", "GET", f"{url}/api/v1/carts/{cart['id']}"),
-        ("conveyor HEAD /pacifica/cartd/{uid}", "HEAD", f"{url}/pacifica/cartd/bench"),
+        (f"conveyor{label} GET /api/v1/carts/{{id}}", "GET", f"{url}/api/v1/carts/{cart['id']}"),
+        (f"conveyor{label} HEAD /pacifica/cartd/{{uid}}", "HEAD", f"{url}/pacifica/cartd/bench"),
     ]
 
 
@@ -147,21 +147,31 @@ def main() -> None:
     work: Path = options.workdir
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    servers = [start_server(work / "conveyor", CONVEYOR_PORT)]
-    try:
-        targets = conveyor_targets(f"http://127.0.0.1:{CONVEYOR_PORT}")
-        if options.cartd_venv is not None:
-            servers.append(start_cartd(options.cartd_venv, work / "cartd"))
-            targets.append(cartd_target())
-        print(f"{'endpoint':38} {'req/s':>8} {'p99 ms':>8} {'non-2xx':>8}")
-        for label, method, url in targets:
-            wrk(url, 2, method, work)  # warm up
-            rate, p99, failed = wrk(url, options.seconds, method, work)
-            print(f"{label:38} {rate:8.0f} {p99:8.1f} {failed:8d}")
-    finally:
-        for server in servers:
+    print(f"{'endpoint':42} {'req/s':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    runs: list[tuple[str, tuple[str, ...]]] = [("", ()), (" x2", ("--processes", "2"))]
+    for label, args in runs:
+        server = start_server(work / f"conveyor{len(args)}", CONVEYOR_PORT, args)
+        try:
+            targets = conveyor_targets(f"http://127.0.0.1:{CONVEYOR_PORT}", label)
+            drive(targets, options.seconds, work)
+        finally:
             server.terminate()
             server.wait()
+    if options.cartd_venv is not None:
+        server = start_cartd(options.cartd_venv, work / "cartd")
+        try:
+            drive([cartd_target()], options.seconds, work)
+        finally:
+            server.terminate()
+            server.wait()
+
+
+def drive(targets: list[tuple[str, str, str]], seconds: int, work: Path) -> None:
+    """Warm each endpoint up, then measure it."""
+    for label, method, url in targets:
+        wrk(url, 2, method, work)
+        rate, p99, failed = wrk(url, seconds, method, work)
+        print(f"{label:42} {rate:8.0f} {p99:8.1f} {failed:8d}")
 
 
 if __name__ == "__main__":

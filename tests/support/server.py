@@ -33,14 +33,16 @@ def _log_tail(path: Path) -> str:
 
 
 @contextmanager
-def running_server(data_dir: Path, **settings: str) -> Iterator[str]:
+def running_server(
+    data_dir: Path, *, serve_args: tuple[str, ...] = (), **settings: str
+) -> Iterator[str]:
     """``conveyor serve`` on a free loopback port; yields its base URL once it is ready."""
     port = free_port()
     log_path = data_dir / f"serve-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*CONVEYOR, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [*CONVEYOR, "serve", "--host", "127.0.0.1", "--port", str(port), *serve_args],
             env=conveyor_env(data_dir, **settings),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from sqlalchemy.orm import Session
@@ -17,6 +18,9 @@ from conveyor.db.engine import Database, DatabaseUnavailable
 from conveyor.db.migrate import current_revision, head_revision, upgrade
 from conveyor.ingest import policy
 from conveyor.observability.logs import configure_logging
+
+if TYPE_CHECKING:
+    from conveyor.runtime import Runtime
 
 log = logging.getLogger(__name__)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -64,6 +68,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
     workers: Annotated[int | None, typer.Option(help="In-process job workers.")] = None,
+    processes: Annotated[
+        int, typer.Option(help="Server processes sharing the port, each with its own workers.")
+    ] = 1,
 ) -> None:
     """Run the API (and, without a broker, the job workers in this process)."""
     import uvicorn
@@ -95,6 +102,9 @@ def serve(
         else f"{settings.workers} in-process workers"
     )
     log.info("conveyor on http://%s:%s (%s; archive %s)", host, port, mode, runtime.archive.url)
+    if processes > 1:
+        _serve_processes(runtime, host, port, processes, workers)
+        return
     try:
         uvicorn.run(
             create_app(runtime=runtime), host=host, port=port, log_config=None, access_log=False
@@ -142,6 +152,28 @@ def worker(
     finally:
         sweeper.stop()
         runtime.close()
+
+
+def _serve_processes(
+    runtime: Runtime, host: str, port: int, processes: int, workers: int | None
+) -> None:
+    """Several server processes on one port; the database keeps them from doing work twice."""
+    import uvicorn
+
+    # This process checked the settings and migrated the database; each server process
+    # opens its own runtime from the same environment.
+    runtime.close()
+    if workers:
+        os.environ["CONVEYOR_WORKERS"] = str(workers)
+    uvicorn.run(
+        "conveyor.web.app:app_from_environment",
+        factory=True,
+        workers=processes,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @db_app.command("upgrade")

@@ -38,3 +38,5 @@ def configure_logging(fmt: str, level: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # No line per request: request metrics and traces say more, at a fraction of the cost.
+    logging.getLogger("uvicorn.access").propagate = False

@@ -110,6 +110,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     return app
 
 
+def app_from_environment() -> FastAPI:
+    """The app of one of several server processes: settings from the environment."""
+    from conveyor.config import load_settings
+    from conveyor.observability.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings=settings)
+
+
 def describe(app: FastAPI) -> dict[str, Any]:
     """Routes, for diagnostics."""
     return {"routes": [getattr(route, "path", "") for route in app.routes]}
