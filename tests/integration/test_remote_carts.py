@@ -130,41 +130,50 @@ def test_a_download_cut_half_way_is_pulled_again(
     assert remote.calls[("GET", "cut")] == 2
 
 
+FIRST, SECOND = b"a" * 600, b"b" * 600
+
+
+def small_cache_client(
+    make_runtime: Callable[..., Runtime], remote: FakeArchive, buffer_seconds: float
+) -> TestClient:
+    """A client whose input cache holds 1,000 bytes (700 after eviction), one cart of
+    ``FIRST`` ready and downloaded, and ``SECOND`` waiting in the remote archive."""
+    remote.put("first", FIRST)
+    remote.put("second", SECOND)
+    client = client_for(
+        make_runtime,
+        remote.url,
+        lru_buffer_seconds=buffer_seconds,
+        cart_cache_high_bytes=1000,
+        cart_cache_low_bytes=700,
+    )
+    assert ask(client, "one", entry("first", FIRST, "1")).headers["x-pacifica-status"] == "ready"
+    assert client.get(f"{CARTD}/one", params={"filename": "o"}).status_code == 200
+    return client
+
+
 def test_eviction_makes_room_and_an_evicted_cart_is_staged_again(
     make_runtime: Callable[..., Runtime], remote: FakeArchive
 ) -> None:
-    first, second = b"a" * 600, b"b" * 600
-    remote.put("first", first)
-    remote.put("second", second)
-    settings = {"cart_cache_high_bytes": 1000, "cart_cache_low_bytes": 700}
-    with client_for(make_runtime, remote.url, lru_buffer_seconds=0, **settings) as client:
-        assert ask(client, "one", entry("first", first, "1"))
-        assert client.get(f"{CARTD}/one", params={"filename": "o"}).status_code == 200
-        assert ask(client, "two", entry("second", second, "2")).headers["x-pacifica-status"] == (
-            "ready"
-        )
+    with small_cache_client(make_runtime, remote, buffer_seconds=0) as client:
+        two = ask(client, "two", entry("second", SECOND, "2"))
+        assert two.headers["x-pacifica-status"] == "ready"
         # "first" was evicted to make room: asking for cart one stages it again.
         again = client.get(f"{CARTD}/one", params={"filename": "o"})
         assert again.status_code == 202
         assert client.head(f"{CARTD}/one").headers["x-pacifica-status"] == "ready"
         got = client.get(f"{CARTD}/one", params={"filename": "o"})
-        assert members(got.content) == {"o/1": first}
+        assert members(got.content) == {"o/1": FIRST}
     assert remote.calls[("GET", "first")] == 2
 
 
 def test_recently_used_files_are_kept_and_the_newcomer_gets_no_space(
     make_runtime: Callable[..., Runtime], remote: FakeArchive
 ) -> None:
-    first, second = b"a" * 600, b"b" * 600
-    remote.put("first", first)
-    remote.put("second", second)
-    settings = {"cart_cache_high_bytes": 1000, "cart_cache_low_bytes": 700}
-    with client_for(make_runtime, remote.url, lru_buffer_seconds=3600, **settings) as client:
-        ask(client, "one", entry("first", first, "1"))
-        assert client.get(f"{CARTD}/one", params={"filename": "o"}).status_code == 200
-        refused = ask(client, "two", entry("second", second, "2"))
+    with small_cache_client(make_runtime, remote, buffer_seconds=3600) as client:
+        refused = ask(client, "two", entry("second", SECOND, "2"))
         assert refused.status_code == 500
         assert refused.headers["x-pacifica-message"].startswith("No Space Available")
         kept = client.get(f"{CARTD}/one", params={"filename": "o"})
-        assert members(kept.content) == {"o/1": first}
+        assert members(kept.content) == {"o/1": FIRST}
     assert remote.calls[("GET", "second")] == 0
