@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from conveyor.auth.tokens import create_token
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
 from tests.support.pacifica_archive import FakeArchive, running_archive
@@ -177,3 +178,31 @@ def test_recently_used_files_are_kept_and_the_newcomer_gets_no_space(
         kept = client.get(f"{CARTD}/one", params={"filename": "o"})
         assert members(kept.content) == {"o/1": FIRST}
     assert remote.calls[("GET", "second")] == 0
+
+
+def test_a_local_file_the_requester_may_not_read_is_not_fetched_from_the_remote(
+    make_runtime: Callable[..., Runtime], remote: FakeArchive
+) -> None:
+    runtime = make_runtime(auth="token", pacifica_archive_url=remote.url)
+    with runtime.db.session() as session:
+        owner = create_token(session, "owner", admin=True).secret
+        alice = create_token(session, "alice").secret
+    with TestClient(create_app(runtime=runtime)) as client:
+        stored = client.put(
+            "/pacifica/archive/7",
+            content=b"private\n",
+            headers={"Authorization": f"Bearer {owner}"},
+        )
+        assert stored.status_code == 201
+        remote.put("7", b"something else entirely\n")
+        as_alice = {"Authorization": f"Bearer {alice}"}
+        made = client.post(
+            f"{CARTD}/a1",
+            json={"fileids": [entry("7", b"private\n", "p.txt")]},
+            headers=as_alice,
+        )
+        assert made.status_code == 201
+        head = client.head(f"{CARTD}/a1", headers=as_alice)
+        assert (head.status_code, head.headers["x-pacifica-status"]) == (500, "error")
+        assert "file 7 is not in the archive" in head.headers["x-pacifica-message"]
+    assert sum(count for (_method, name), count in remote.calls.items() if name == "7") == 0

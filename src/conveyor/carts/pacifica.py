@@ -24,7 +24,7 @@ from conveyor.carts.input_cache import register
 from conveyor.carts.paths import BadBundlePath, bundle_path
 from conveyor.db.models import Cart, CartRequester, PacificaCart
 from conveyor.errors import BadRequest, NotFound
-from conveyor.ingest.archive_files import readable_file
+from conveyor.ingest.archive_files import file_id_of, readable_file
 from conveyor.storage.stores import BlobStore
 
 HASH_TYPES = frozenset(name.lower() for name in hashlib.algorithms_available)
@@ -87,7 +87,9 @@ def request_cart(
         file_id = _readable_id(session, principal, file.id)
         if file_id is not None:
             requested.append(service.RequestedFile(file_id, path, kind, file.hashsum))
-        elif remote_source:
+        elif remote_source and file_id_of(session, file.id) is None:
+            # Only ids Conveyor does not hold at all go to the remote archive: one this
+            # requester may not read must not be fetched from elsewhere under its name.
             key = register(session, remote_source, file.id)
             checksum = file.hashsum.lower()
             remote.append(service.CartItemSpec(None, path, 0, "", None, 0.0, kind, checksum, key))
