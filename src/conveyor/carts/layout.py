@@ -65,6 +65,8 @@ MANIFEST_VERSION = 1
 # yielded, so a bundle of many small files does not cost one write (and, behind a
 # streaming response, one thread hop) per header or file.
 COALESCE_BYTES = 512 * 1024
+# Slices up to this size are read in one call when the entry offers ``read_bytes``.
+SMALL_READ = 256 * 1024
 MANIFEST_CHUNK = 1024 * 1024
 MAX_NAME_BYTES = 0xFFFF
 
@@ -110,6 +112,8 @@ class BundleEntry:
     crc32: int
     # Yields bytes [start, end) of the source, in pieces of any size.
     read: Callable[[int, int], Iterator[bytes]] = field(compare=False, repr=False)
+    # Optionally, bytes [start, end) at once: a small slice costs one call, not a generator.
+    read_bytes: Callable[[int, int], bytes] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,11 @@ class BundleLayout(ABC):
         unit = bisect.bisect_right(starts, start) - 1
         while unit < last and starts[unit] < stop:
             position = starts[unit]
+            if start <= position and starts[unit + 1] <= stop:
+                # The whole unit is wanted, as for most units of a long range: no slicing.
+                yield from self._unit(unit)
+                unit += 1
+                continue
             for part in self._unit(unit):
                 spanned = part.end - part.start if isinstance(part, SourceSpan) else len(part)
                 low = max(start, position) - position
@@ -224,7 +233,13 @@ class BundleLayout(ABC):
     def _chunks(parts: Iterator[Part]) -> Iterator[bytes]:
         pending = bytearray()
         for part in parts:
-            pieces: Iterable[bytes] = _read_span(part) if isinstance(part, SourceSpan) else (part,)
+            pieces: Iterable[bytes]
+            if not isinstance(part, SourceSpan):
+                pieces = (part,)
+            elif part.end - part.start <= SMALL_READ and part.entry.read_bytes is not None:
+                pieces = (_read_small(part, part.entry.read_bytes),)
+            else:
+                pieces = _read_span(part)
             for piece in pieces:
                 if len(piece) >= COALESCE_BYTES:
                     if pending:
@@ -509,6 +524,16 @@ def _manifest_entry(manifest: bytes, name: str, entries: Sequence[BundleEntry]) 
         crc32=zlib.crc32(manifest),
         read=read,
     )
+
+
+def _read_small(span: SourceSpan, read_bytes: Callable[[int, int], bytes]) -> bytes:
+    piece = read_bytes(span.start, span.end)
+    if len(piece) != span.end - span.start:
+        raise EntrySourceError(
+            f"{span.entry.path}: {len(piece)} of {span.end - span.start} bytes "
+            f"from [{span.start}, {span.end})"
+        )
+    return piece
 
 
 def _read_span(span: SourceSpan) -> Iterator[bytes]:

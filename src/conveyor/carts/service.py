@@ -410,6 +410,7 @@ def entries_of(
         .order_by(CartItem.position)
     )
     for file_id, path, size, mtime, sha256, crc32, remote_key in rows:
+        store = runtime.cache if remote_key else runtime.archive
         if crc32 is None and cart.format == "zip" and cart.compression == "stored":
             raise Conflict(f"file {file_id} has no CRC-32 record, so it cannot be zipped")
         yield BundleEntry(
@@ -418,7 +419,8 @@ def entries_of(
             mtime=mtime,
             sha256=sha256,
             crc32=crc32 or 0,
-            read=_reader(runtime.cache if remote_key else runtime.archive, sha256),
+            read=_reader(store, sha256),
+            read_bytes=store.slice_reader(sha256),
         )
 
 
