@@ -6,9 +6,9 @@ import io
 import os
 import subprocess
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,8 @@ from conveyor.web.app import create_app
 from tests.support.bundles import GOOD_MEMBERS, good_tar
 from tests.support.databases import scratch_database
 from tests.support.executors import HeldExecutor
-from tests.support.services import missing, require_command
+from tests.support.filesystems import small_filesystem
+from tests.support.services import require_command
 
 EXPECTED = {name.removeprefix("data/"): data for name, data in GOOD_MEMBERS.items()}
 
@@ -208,24 +209,6 @@ def test_fifty_identical_requests_build_once_for_every_requester(
             assert sorted(event.data["requesters"]) == sorted(f"user{n}" for n in range(50))
             assert event.data["status"] == "ready"
         runtime.close()
-
-
-@contextmanager
-def small_filesystem(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` at ``path``: a real disk that fills up."""
-    path.mkdir(parents=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        missing(f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_a_full_bundle_store_fails_that_cart_only(

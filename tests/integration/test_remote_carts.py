@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from fastapi.testclient import TestClient
 from conveyor.auth.tokens import create_token
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
+from tests.support.filesystems import small_filesystem
 from tests.support.pacifica_archive import FakeArchive, running_archive
 
 CARTD = "/pacifica/cartd"
@@ -206,3 +209,22 @@ def test_a_local_file_the_requester_may_not_read_is_not_fetched_from_the_remote(
         assert (head.status_code, head.headers["x-pacifica-status"]) == (500, "error")
         assert "file 7 is not in the archive" in head.headers["x-pacifica-message"]
     assert sum(count for (_method, name), count in remote.calls.items() if name == "7") == 0
+
+
+def test_a_full_input_cache_disk_fails_that_cart_only(
+    make_runtime: Callable[..., Runtime], remote: FakeArchive, tmp_path: Path
+) -> None:
+    big, small = os.urandom(1536 * 1024), b"fits\n"
+    remote.put("big", big)
+    remote.put("small", small)
+    url = f"file://{tmp_path / 'cache'}"
+    with (
+        small_filesystem(tmp_path / "cache", "1m") as cache,
+        client_for(make_runtime, remote.url, cart_cache_url=url) as client,
+    ):
+        full = ask(client, "big", entry("big", big, "big.bin"))
+        assert full.status_code == 500
+        assert full.headers["x-pacifica-message"].startswith("No Space Available")
+        assert [p for p in cache.rglob("*") if p.is_file()] == []
+        fits = ask(client, "small", entry("small", small, "small.txt"))
+        assert fits.headers["x-pacifica-status"] == "ready"

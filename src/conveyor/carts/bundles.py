@@ -1,30 +1,28 @@
 """Built bundles in the bundle store: written once under a temporary key, then published.
 
-A reader never sees a partial bundle: bytes go to ``tmp/<random>``, the written size is
-checked against what was sent, and only then is the object moved to its final key.
+A reader never sees a partial bundle: bytes go to a temporary key, the written size is
+checked against what was sent, and only then is the object moved to its final key (the
+store's own temporary-write checks, shared with the archive).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import time
-import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
 from conveyor.carts.layout import MANIFEST_NAME, BundleEntry
-from conveyor.storage.errors import ArchiveError
-from conveyor.storage.stores import BlobStore
+from conveyor.storage.errors import StoreFull, write_error
+from conveyor.storage.stores import BlobStore, temp_key
 
 NO_SPACE = "No Space Available"
-TEMP_PREFIX = "tmp"
 
 
 class NoSpace(Exception):
-    """The bundle store ran out of space while a bundle was written."""
+    """There is no room for what a cart needs; the message starts with :data:`NO_SPACE`."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,10 @@ class _CountingSink:
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self._target.write(data)
+        try:
+            self._target.write(data)
+        except Exception as exc:  # OSError locally; botocore/gcsfs errors remotely
+            raise write_error(exc, "cannot write to the bundle store") from exc
         self.sha256.update(data)
         self.size += len(data)
         self._on_progress(self.size)
@@ -73,32 +74,38 @@ def write_bundle(
     produce: Callable[[_CountingSink], None],
     on_progress: Callable[[int], None],
 ) -> WrittenBundle:
-    """Run ``produce`` against a sink in the store, then publish what it wrote at ``key``."""
-    temp = f"{TEMP_PREFIX}/{uuid.uuid4().hex}"
+    """Run ``produce`` against a sink in the store, then publish what it wrote at ``key``.
+
+    Raises :class:`NoSpace` when the store is full, :class:`ArchiveError` when it fails.
+    """
+    temp = temp_key()
     try:
-        with store.open_write(temp) as handle:
+        try:
+            handle = store.open_write(temp)
+        except Exception as exc:  # OSError locally; botocore/gcsfs errors remotely
+            raise write_error(exc, "cannot write to the bundle store") from exc
+        try:
             sink = _CountingSink(handle, on_progress)
             produce(sink)
-        written = store.size(temp)
-        if written != sink.size:
-            raise ArchiveError(f"the bundle store holds {written} of {sink.size} bytes written")
+        finally:
+            _close(handle)
+        store.check_written(temp, sink.size)
         store.publish(temp, key)
-    except OSError as exc:
-        _discard(store, temp)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpace(f"{NO_SPACE}: the bundle store {store.url} is full") from exc
-        raise ArchiveError(f"cannot write to the bundle store: {exc}") from exc
+    except StoreFull as exc:
+        store.discard(temp)
+        raise NoSpace(f"{NO_SPACE}: the bundle store {store.url} is full") from exc
     except BaseException:
-        _discard(store, temp)
+        store.discard(temp)
         raise
     return WrittenBundle(key, sink.size, sink.sha256.hexdigest())
 
 
-def _discard(store: BlobStore, key: str) -> None:
+def _close(handle: IO[bytes]) -> None:
+    # A buffered local file or a remote store's last part may only fail here.
     try:
-        store.delete(key)
-    except Exception:  # the store is failing already; a leftover temp key is purged later
-        return
+        handle.close()
+    except Exception as exc:
+        raise write_error(exc, "cannot write to the bundle store") from exc
 
 
 def copy_chunks(chunks: Iterable[bytes]) -> Callable[[_CountingSink], None]:

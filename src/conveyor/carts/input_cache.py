@@ -11,7 +11,6 @@ with "No Space Available" and every other cart carries on.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import time
@@ -38,7 +37,7 @@ from conveyor.jobs.context import JobContext
 from conveyor.jobs.errors import RetryLater
 from conveyor.runtime import Runtime
 from conveyor.storage.archive import StoredBlob
-from conveyor.storage.errors import ArchiveError
+from conveyor.storage.errors import StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -237,13 +236,8 @@ def _pull(
             stored = context.runtime.cache.put_chunks(chunks, extra)
         except (RemoteUnavailable, httpx.HTTPError) as exc:
             problem = str(exc) or type(exc).__name__
-        except ArchiveError as exc:
-            if isinstance(exc.__cause__, OSError) and exc.__cause__.errno in (
-                errno.ENOSPC,
-                errno.EDQUOT,
-            ):
-                raise NoSpace(f"{NO_SPACE}: the input cache is full") from exc
-            raise
+        except StoreFull as exc:
+            raise NoSpace(f"{NO_SPACE}: the input cache is full") from exc
         else:
             if stored.size == size:
                 return stored

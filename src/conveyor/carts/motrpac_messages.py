@@ -34,19 +34,32 @@ class BadMessage(ValueError):
     """Bytes that are not a usable FileDownloadMessage; the message says why."""
 
 
+def _field(
+    message: descriptor_pb2.DescriptorProto,
+    name: str,
+    number: int,
+    kind: int,
+    *,
+    repeated: bool = False,
+    type_name: str | None = None,
+) -> descriptor_pb2.FieldDescriptorProto:
+    label = Field.LABEL_REPEATED if repeated else Field.LABEL_OPTIONAL
+    field = message.field.add(name=name, number=number, type=kind, label=label)
+    if type_name is not None:
+        field.type_name = f".{PACKAGE}.{type_name}"
+    return field
+
+
 def _add_requester(message: descriptor_pb2.DescriptorProto) -> None:
     requester = message.nested_type.add(name="Requester")
-    requester.field.add(name="email", number=1, type=Field.TYPE_STRING, label=Field.LABEL_OPTIONAL)
-    requester.field.add(name="name", number=2, type=Field.TYPE_STRING, label=Field.LABEL_OPTIONAL)
-    requester.field.add(
-        name="id",
-        number=3,
-        type=Field.TYPE_STRING,
-        label=Field.LABEL_OPTIONAL,
-        oneof_index=0,
-        proto3_optional=True,
-    )
+    _field(requester, "email", 1, Field.TYPE_STRING)
+    _field(requester, "name", 2, Field.TYPE_STRING)
+    # proto3 "optional": a synthetic one-field oneof, so an unset id is told from "".
+    identifier = _field(requester, "id", 3, Field.TYPE_STRING)
+    identifier.oneof_index = 0
+    identifier.proto3_optional = True
     requester.oneof_decl.add(name="_id")
+    _field(message, "requester", 1, Field.TYPE_MESSAGE, type_name=f"{message.name}.Requester")
 
 
 def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
@@ -56,37 +69,20 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
     download = proto.message_type.add(name="FileDownloadMessage")
     _add_requester(download)
     file = download.nested_type.add(name="File")
-    file.field.add(name="object", number=1, type=Field.TYPE_STRING, label=Field.LABEL_OPTIONAL)
-    file.field.add(name="object_size", number=2, type=Field.TYPE_INT64, label=Field.LABEL_OPTIONAL)
-    download.field.add(
-        name="requester",
-        number=1,
-        type=Field.TYPE_MESSAGE,
-        label=Field.LABEL_OPTIONAL,
-        type_name=f".{PACKAGE}.FileDownloadMessage.Requester",
-    )
-    download.field.add(
-        name="files",
-        number=2,
-        type=Field.TYPE_MESSAGE,
-        label=Field.LABEL_REPEATED,
-        type_name=f".{PACKAGE}.FileDownloadMessage.File",
+    _field(file, "object", 1, Field.TYPE_STRING)
+    _field(file, "object_size", 2, Field.TYPE_INT64)
+    _field(
+        download,
+        "files",
+        2,
+        Field.TYPE_MESSAGE,
+        repeated=True,
+        type_name="FileDownloadMessage.File",
     )
     notification = proto.message_type.add(name="UserNotificationMessage")
     _add_requester(notification)
-    notification.field.add(
-        name="requester",
-        number=1,
-        type=Field.TYPE_MESSAGE,
-        label=Field.LABEL_OPTIONAL,
-        type_name=f".{PACKAGE}.UserNotificationMessage.Requester",
-    )
-    notification.field.add(
-        name="zipfile", number=2, type=Field.TYPE_STRING, label=Field.LABEL_OPTIONAL
-    )
-    notification.field.add(
-        name="files", number=3, type=Field.TYPE_STRING, label=Field.LABEL_REPEATED
-    )
+    _field(notification, "zipfile", 2, Field.TYPE_STRING)
+    _field(notification, "files", 3, Field.TYPE_STRING, repeated=True)
     return proto
 
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any
 
-from conveyor.storage.errors import ArchiveError, BlobNotFound
-from conveyor.storage.stores import BlobStore, open_store
+from conveyor.storage.errors import ArchiveError, BlobNotFound, write_error
+from conveyor.storage.stores import BlobStore, open_store, temp_key
 
 CHUNK_SIZE = 1024 * 1024
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -65,7 +64,7 @@ class BlobWriter:
 
     def __init__(self, archive: Archive, extra_hashes: Iterable[str] = ()) -> None:
         self._archive = archive
-        self._temp_key = f"tmp/{uuid.uuid4().hex}"
+        self._temp_key = temp_key()
         self._sha256 = hashlib.sha256()
         # crc32 always: zip bundles need it, and it costs little next to sha256.
         names = {"crc32", *extra_hashes} - {"sha256"}
@@ -78,7 +77,7 @@ class BlobWriter:
         try:
             self._file = self._archive.store.open_write(self._temp_key)
         except Exception as exc:  # OSError locally; botocore/gcsfs errors remotely
-            raise ArchiveError(f"cannot write to the archive: {exc}") from exc
+            raise write_error(exc, "cannot write to the archive") from exc
         return self
 
     def write(self, chunk: bytes) -> None:
@@ -91,7 +90,7 @@ class BlobWriter:
         try:
             self._file.write(chunk)
         except Exception as exc:  # OSError locally; botocore/gcsfs errors remotely
-            raise ArchiveError(f"cannot write to the archive: {exc}") from exc
+            raise write_error(exc, "cannot write to the archive") from exc
 
     def __exit__(
         self,
@@ -103,32 +102,23 @@ class BlobWriter:
         try:
             self._file.close()
         except Exception as close_error:  # a remote store uploads its last part on close
-            self._discard_temp()
+            self._archive.store.discard(self._temp_key)
             if exc is None:
-                raise ArchiveError(f"cannot write to the archive: {close_error}") from close_error
+                raise write_error(close_error, "cannot write to the archive") from close_error
         if exc is not None:
-            self._discard_temp()
+            self._archive.store.discard(self._temp_key)
             return
         try:
             self.result = self._publish()
         except ArchiveError:
             raise
         except Exception as publish_error:
-            self._discard_temp()
+            self._archive.store.discard(self._temp_key)
             raise ArchiveError(f"cannot publish a blob: {publish_error}") from publish_error
-
-    def _discard_temp(self) -> None:
-        try:
-            self._archive.store.delete(self._temp_key)
-        except Exception:  # the store is failing already; the temporary key is harmless
-            return
 
     def _publish(self) -> StoredBlob:
         store = self._archive.store
-        written = store.size(self._temp_key)
-        if written != self._size:
-            store.delete(self._temp_key)
-            raise ArchiveError(f"the archive holds {written} bytes of a {self._size}-byte write")
+        store.check_written(self._temp_key, self._size)
         digest = self._sha256.hexdigest()
         hashes = {name: hasher.hexdigest() for name, hasher in self._extra.items()}
         hashes["sha256"] = digest

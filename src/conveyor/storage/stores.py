@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -22,6 +23,13 @@ from conveyor.storage.errors import ArchiveError
 WRITE_BLOCK_SIZE = 8 * 1024 * 1024
 READ_BLOCK_SIZE = 4 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+# Writes go here first and are published (renamed or copied) only once complete.
+TEMP_PREFIX = "tmp"
+
+
+def temp_key() -> str:
+    """A fresh key for an object being written; the sweeper purges old ones."""
+    return f"{TEMP_PREFIX}/{uuid.uuid4().hex}"
 
 
 class BlobStore:
@@ -87,6 +95,21 @@ class BlobStore:
             self.fs.rm(self.path(key))
         except FileNotFoundError:
             return
+
+    def discard(self, key: str) -> None:
+        """Remove an unfinished write, best effort: a store failing already may keep it
+        (the sweeper purges old temporary keys)."""
+        try:
+            self.delete(key)
+        except Exception:
+            return
+
+    def check_written(self, temp: str, size: int) -> None:
+        """Raise :class:`ArchiveError` (dropping ``temp``) unless it holds ``size`` bytes."""
+        written = self.size(temp)
+        if written != size:
+            self.discard(temp)
+            raise ArchiveError(f"the store {self.url} holds {written} of {size} bytes written")
 
     def keys(self, prefix: str) -> Iterator[str]:
         """Every key under ``prefix``, without listing everything into memory at once."""
