@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("CONVEYOR_LRU_BUFFER_SECONDS", "LRU_BUFFER_TIME"),
     )
     remote_stage_timeout_seconds: float = Field(86400.0, gt=0)
+    # Seals stored credentials (Fernet key, urlsafe base64 of 32 bytes); unset, a key file
+    # in data_dir is made on first use. Every API and worker process needs the same key.
+    secret_key: str = ""
+    # Where mirror runs download before the archive takes the files (kept for resume).
+    mirror_dir: Path | None = None
 
     db_connect_attempts: int = Field(
         10,
@@ -149,6 +154,8 @@ class Settings(BaseSettings):
             self.cart_store_url = f"file://{data_dir / 'bundles'}"
         if not self.cart_cache_url:
             self.cart_cache_url = f"file://{data_dir / 'cache'}"
+        if self.mirror_dir is None:
+            self.mirror_dir = data_dir / "mirror"
         if self.cart_cache_low_bytes > self.cart_cache_high_bytes:
             raise ValueError("CONVEYOR_CART_CACHE_LOW_BYTES must not exceed the high watermark")
         _check_scheme("database_url", self.database_url, DATABASE_SCHEMES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from dataclasses import dataclass, field
@@ -10,13 +11,19 @@ from conveyor.config import Settings
 from conveyor.db.engine import Database
 from conveyor.db.migrate import upgrade
 from conveyor.jobs.executors import Executor, make_executor
+from conveyor.secrets import Sealer
 from conveyor.storage.archive import Archive, open_archive
 from conveyor.storage.stores import BlobStore, open_store
 
 log = logging.getLogger(__name__)
 
 # Modules that register job handlers; importing them is what makes their jobs runnable.
-JOB_MODULES = ("conveyor.ingest.jobs", "conveyor.carts.build", "conveyor.carts.notify")
+JOB_MODULES = (
+    "conveyor.ingest.jobs",
+    "conveyor.carts.build",
+    "conveyor.carts.notify",
+    "conveyor.mirror.runs",
+)
 
 
 @dataclass
@@ -47,6 +54,11 @@ class Runtime:
         runtime = cls(settings=settings, db=db, archive=archive, bundles=bundles, cache=cache)
         runtime.executor = make_executor(runtime, inline=inline)
         return runtime
+
+    @functools.cached_property
+    def sealer(self) -> Sealer:
+        """Seals and opens the credentials stored in the database."""
+        return Sealer.for_settings(self.settings)
 
     def submit(self, job_id: int) -> None:
         """Hand a committed job to the executor; the sweeper covers a failed hand-over."""

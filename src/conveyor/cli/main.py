@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from conveyor.cli import client_cmds, server
+from conveyor.cli.mirror_cmds import mirror_app
 from conveyor.cli.motrpac_cmds import motrpac_app
 
 app = typer.Typer(
@@ -18,4 +19,5 @@ app.command()(client_cmds.upload)
 app.add_typer(server.db_app, name="db")
 app.add_typer(server.admin_app, name="admin")
 app.add_typer(client_cmds.job_app, name="job")
+app.add_typer(mirror_app, name="mirror")
 app.add_typer(motrpac_app, name="motrpac")

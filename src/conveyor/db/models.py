@@ -347,3 +347,79 @@ class CacheEntry(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Mirror(Timestamped, Base):
+    """A remote bank kept in the archive; each published run of it is a transaction."""
+
+    __tablename__ = "mirrors"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    # The validated definition; passwords inside are sealed (conveyor.secrets).
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # "native" or "biomaj": the form it was given in.
+    origin: Mapped[str] = mapped_column(String(16), default="native")
+    last_release: Mapped[str | None] = mapped_column(String(255), default=None)
+    last_transaction_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("transactions.id", ondelete="SET NULL"), default=None
+    )
+
+
+class MirrorRun(Timestamped, Base):
+    """One run of a mirror: its listing, release, transfers and outcome."""
+
+    __tablename__ = "mirror_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    mirror_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("mirrors.id", ondelete="CASCADE"), index=True
+    )
+    job_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), unique=True
+    )
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    release: Mapped[str | None] = mapped_column(String(255), default=None)
+    # A digest of the sorted (path, size, fingerprint) list, for release.control.
+    listing_digest: Mapped[str | None] = mapped_column(String(64), default=None)
+    listed: Mapped[bool] = mapped_column(Boolean, default=False)
+    files_total: Mapped[int] = mapped_column(Integer, default=0)
+    files_done: Mapped[int] = mapped_column(Integer, default=0)
+    files_reused: Mapped[int] = mapped_column(Integer, default=0)
+    files_failed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    transaction_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("transactions.id", ondelete="SET NULL"), default=None
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class MirrorRunFile(Base):
+    """A file a run selected, and what became of it."""
+
+    __tablename__ = "mirror_run_files"
+    __table_args__ = (Index("ix_mirror_run_files_run_id_state", "run_id", "state"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("mirror_runs.id", ondelete="CASCADE")
+    )
+    # Which source: 0 the mirrored folder, N the (N-1)th direct file.
+    source_index: Mapped[int] = mapped_column(Integer, default=0)
+    path: Mapped[str] = mapped_column(Text)
+    save_as: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    mtime: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    fingerprint: Mapped[str | None] = mapped_column(String(255), default=None)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    md5: Mapped[str | None] = mapped_column(String(32), default=None)
+    crc32: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")

@@ -9,20 +9,27 @@ class UnsafePath(ValueError):
     """A path that would leave the bundle or the transaction."""
 
 
-def clip(path: str) -> list[str]:
-    """The parts of a bundle path without empty parts and without the leading ``data``.
+def relative_parts(path: str) -> list[str]:
+    """The parts of a path inside a transaction, without empty and ``.`` parts.
 
-    ``data/a/b/``, ``data//a/b`` and ``a/b`` all clip to ``["a", "b"]``, as Pacifica does.
+    Backslashes count as ``/``; ``..`` and NUL bytes are refused with :class:`UnsafePath`.
     """
     parts = [part for part in path.replace("\\", "/").split("/") if part not in ("", ".")]
-    if parts and parts[0] == DATA_PREFIX:
-        parts = parts[1:]
     for part in parts:
         if part == "..":
             raise UnsafePath(f"{path!r} contains '..'")
         if "\x00" in part:
             raise UnsafePath(f"{path!r} contains a NUL byte")
     return parts
+
+
+def clip(path: str) -> list[str]:
+    """The parts of a bundle path without empty parts and without the leading ``data``.
+
+    ``data/a/b/``, ``data//a/b`` and ``a/b`` all clip to ``["a", "b"]``, as Pacifica does.
+    """
+    parts = relative_parts(path)
+    return parts[1:] if parts and parts[0] == DATA_PREFIX else parts
 
 
 def file_key(subdir: str, name: str) -> str:

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
@@ -301,10 +301,10 @@ for _store_type in (LocalStore, MemoryStore, S3Store, GCSStore):
     register_store(_store_type)
 
 
-def _options(scheme: str, query: str) -> dict[str, Any]:
-    """Storage options from the URL's query string (``?endpoint_url=…&region=…``)."""
+def fsspec_options(scheme: str, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """fsspec storage options from ``key=value`` pairs (``endpoint_url``, ``region``, …)."""
     options: dict[str, Any] = {}
-    for key, value in parse_qsl(query, keep_blank_values=False):
+    for key, value in pairs:
         if scheme in ("s3", "s3a") and key in ("endpoint_url", "region"):
             client_key = "region_name" if key == "region" else key
             options.setdefault("client_kwargs", {})[client_key] = value
@@ -323,7 +323,7 @@ def open_store(url: str) -> BlobStore:
     if store_type is LocalStore:
         root = str(Path(parts.path if parts.scheme else url).absolute())
         return LocalStore(url, fsspec.filesystem("file"), root)
-    options = _options(parts.scheme, parts.query)
+    options = fsspec_options(parts.scheme, parse_qsl(parts.query, keep_blank_values=False))
     # Not urlunsplit: it drops the empty authority of memory:///x, which fsspec then reads
     # as a local path.
     bare = url.split("?", 1)[0]

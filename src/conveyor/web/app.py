@@ -15,7 +15,7 @@ from conveyor.config import Settings
 from conveyor.observability import metrics
 from conveyor.runtime import Runtime
 from conveyor.web import health, problems
-from conveyor.web.api_v1 import admin, carts, ingest, jobs, transactions
+from conveyor.web.api_v1 import admin, carts, ingest, jobs, mirrors, transactions
 from conveyor.web.compat import (
     motrpac,
     pacifica_archive,
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # Routes are matched in this order: the ones clients poll come first.
     for router in (
         carts.router,
+        mirrors.router,
         pacifica_cartd.router,
         jobs.router,
         pacifica_ingest.router,

@@ -69,6 +69,7 @@ def file_view(row: File) -> dict[str, Any]:
         "ctime": _iso(row.ctime),
         "hashtype": row.hashtype,
         "hashsum": row.hashsum,
+        "source": row.source,
     }
 
 

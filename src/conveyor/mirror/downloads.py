@@ -1,0 +1,372 @@
+"""The download step of a run: every pending file, in parallel, into the archive.
+
+Each worker thread keeps one source (one connection) per remote and reuses it from file to
+file; a :class:`HostGate` per host caps transfers and backs off when the host says it is
+busy. A file unchanged since the last release (same size and time, or fingerprint) is not
+fetched again: its blob is reused. Sidecars (``x.md5``, ``x.sha256``) are fetched first,
+so the file they describe is checked against them. Counters reach the run row about once
+a second; a cancelled run stops between chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, tuple_, update
+
+from conveyor.db.models import File, MirrorRun, MirrorRunFile, StagedBlob
+from conveyor.jobs.context import JobContext
+from conveyor.mirror import states
+from conveyor.mirror.definition import MirrorDefinition
+from conveyor.mirror.errors import MirrorError
+from conveyor.mirror.integrity import CorruptFile, sidecar_digest
+from conveyor.mirror.retry import RetryPolicy, retry_policy
+from conveyor.mirror.sources import Source, open_source
+from conveyor.mirror.spec import SourceSpec
+from conveyor.mirror.transfer import Fetched, HostGate, Wanted, fetch
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+PROGRESS_SECONDS = 1.0
+SIDECARS = {".md5": "md5", ".sha256": "sha256"}
+MAX_SIDECAR_BYTES = 4096
+
+
+class RunCancelled(Exception):
+    """The run was asked to stop."""
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What an earlier release (or an interrupted run) holds at a path."""
+
+    size: int
+    mtime: datetime | None
+    fingerprint: str | None
+    sha256: str
+    md5: str | None
+    crc32: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one file."""
+
+    row_id: int
+    state: str
+    fetched: Fetched | None = None
+    prior: Prior | None = None
+    crc32: int | None = None
+    error: str = ""
+    attempts: int = 0
+
+
+class Downloader:
+    """Runs the download step of one run."""
+
+    def __init__(
+        self,
+        context: JobContext,
+        run_id: int,
+        definition: MirrorDefinition,
+        specs: list[SourceSpec],
+        workdir: Path,
+        previous_transaction: int | None,
+        interrupted_run: int | None,
+    ) -> None:
+        self.context = context
+        self.runtime = context.runtime
+        self.run_id = run_id
+        self.definition = definition
+        self.specs = specs
+        self.workdir = workdir
+        self.previous_transaction = previous_transaction
+        self.interrupted_run = interrupted_run
+        self.policy: RetryPolicy = retry_policy(definition.stop_condition, definition.wait_policy)
+        self.gates = {
+            _host_key(spec): HostGate(definition.threads) for spec in specs if spec is not None
+        }
+        self.stopping = threading.Event()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._bytes_moved = 0
+        self._sources: list[Source] = []
+
+    def run(self) -> list[dict[str, str]]:
+        """Download or reuse every pending file; the per-file errors."""
+        monitor = threading.Thread(target=self._monitor, name=f"mirror-run-{self.run_id}")
+        monitor.start()
+        errors: list[dict[str, str]] = []
+        try:
+            for sidecars_first in (True, False):
+                errors += self._pass(sidecars_first)
+                if self.stopping.is_set():
+                    break
+        finally:
+            self.stopping.set()
+            monitor.join()
+            for source in self._sources:
+                source.close()
+        if self._cancelled():
+            raise RunCancelled("the run was cancelled")
+        self.context.check_lease()
+        return errors
+
+    def _pass(self, sidecars: bool) -> list[dict[str, str]]:
+        errors: list[dict[str, str]] = []
+        with ThreadPoolExecutor(self.definition.threads, "mirror-download") as pool:
+            for batch in self._pending(sidecars):
+                if self.stopping.is_set():
+                    break
+                priors = self._priors([row.save_as for row in batch])
+                for outcome in pool.map(functools.partial(self._one, priors=priors), batch):
+                    self._record(outcome)
+                    if outcome.state == states.FILE_FAILED:
+                        errors.append(
+                            {"item": _name_of(batch, outcome.row_id), "error": outcome.error}
+                        )
+        return errors
+
+    def _pending(self, sidecars: bool) -> Iterator[list[MirrorRunFile]]:
+        after = 0
+        while True:
+            with self.runtime.db.session() as session:
+                rows = list(
+                    session.scalars(
+                        select(MirrorRunFile)
+                        .where(
+                            MirrorRunFile.run_id == self.run_id,
+                            MirrorRunFile.state == states.FILE_PENDING,
+                            MirrorRunFile.id > after,
+                        )
+                        .order_by(MirrorRunFile.id)
+                        .limit(BATCH)
+                    )
+                )
+                session.expunge_all()
+            if not rows:
+                return
+            after = rows[-1].id
+            chosen = [row for row in rows if _is_sidecar(row.save_as) == sidecars]
+            if chosen:
+                yield chosen
+
+    def _one(self, row: MirrorRunFile, *, priors: dict[str, Prior]) -> Outcome:
+        if self.stopping.is_set():
+            return Outcome(row.id, states.FILE_PENDING)
+        prior = priors.get(row.save_as)
+        if (
+            prior is not None
+            and _unchanged(row, prior)
+            and self.runtime.archive.exists(prior.sha256)
+        ):
+            return Outcome(row.id, states.FILE_REUSED, prior=prior)
+        spec = self.specs[row.source_index]
+        try:
+            wanted = Wanted(
+                row.path,
+                row.save_as,
+                row.size,
+                self.workdir / row.save_as,
+                digest=self._sidecar_digest(row.save_as),
+            )
+            fetched = fetch(
+                self._source(row.source_index),
+                wanted,
+                self.policy,
+                gate=self.gates[_host_key(spec)],
+                attempt_seconds=self.definition.timeout_download,
+                check_archives=not spec.options.skip_check_uncompress,
+                on_bytes=self._moved,
+            )
+            stored = self._store(fetched)
+        except RunCancelled:
+            return Outcome(row.id, states.FILE_PENDING)
+        except MirrorError as error:
+            return Outcome(row.id, states.FILE_FAILED, error=str(error), attempts=error.attempts)
+        return Outcome(row.id, states.FILE_DONE, fetched=fetched, crc32=stored)
+
+    def _store(self, fetched: Fetched) -> int:
+        """Put the file into the archive and remove the local copy; its CRC-32."""
+        with fetched.path.open("rb") as handle:
+            blob = self.runtime.archive.put_chunks(
+                iter(lambda: handle.read(1 << 20), b""), ["crc32"]
+            )
+        fetched.path.unlink(missing_ok=True)
+        if blob.sha256 != fetched.sha256:
+            raise CorruptFile(f"{fetched.path.name} changed on disk before it was archived")
+        return int(blob.hashes["crc32"], 16)
+
+    def _source(self, index: int) -> Source:
+        sources: dict[int, Source] | None = getattr(self._local, "sources", None)
+        if sources is None:
+            sources = self._local.sources = {}
+        if index not in sources:
+            source = open_source(self.specs[index])
+            sources[index] = source
+            with self._lock:
+                self._sources.append(source)
+        return sources[index]
+
+    def _moved(self, count: int) -> None:
+        if self.stopping.is_set():
+            raise RunCancelled("the run was cancelled")
+        with self._lock:
+            self._bytes_moved += count
+
+    def _sidecar_digest(self, save_as: str) -> tuple[str, str] | None:
+        for suffix, algorithm in SIDECARS.items():
+            with self.runtime.db.session() as session:
+                sha256 = session.scalar(
+                    select(MirrorRunFile.sha256).where(
+                        MirrorRunFile.run_id == self.run_id,
+                        MirrorRunFile.save_as == save_as + suffix,
+                        MirrorRunFile.state.in_((states.FILE_DONE, states.FILE_REUSED)),
+                    )
+                )
+            if sha256:
+                with self.runtime.archive.open(sha256) as sidecar:
+                    text = sidecar.read(MAX_SIDECAR_BYTES).decode("utf-8", "replace")
+                return algorithm, sidecar_digest(text, algorithm, save_as + suffix)
+        return None
+
+    def _priors(self, names: list[str]) -> dict[str, Prior]:
+        """Earlier copies of these paths: in the last release, or fetched by the last
+        interrupted run of this mirror (which is how an interrupted update resumes)."""
+        found: dict[str, Prior] = {}
+        with self.runtime.db.session() as session:
+            if self.interrupted_run is not None:
+                for row in session.scalars(
+                    select(MirrorRunFile).where(
+                        MirrorRunFile.run_id == self.interrupted_run,
+                        MirrorRunFile.save_as.in_(names),
+                        MirrorRunFile.state.in_((states.FILE_DONE, states.FILE_REUSED)),
+                    )
+                ):
+                    found[row.save_as] = Prior(
+                        row.bytes_done,
+                        row.mtime,
+                        row.fingerprint,
+                        row.sha256 or "",
+                        row.md5,
+                        row.crc32,
+                    )
+            if self.previous_transaction is not None:
+                keys = [tuple(name.rpartition("/")[::2]) for name in names]
+                for file in session.scalars(
+                    select(File).where(
+                        File.transaction_id == self.previous_transaction,
+                        tuple_(File.subdir, File.name).in_(keys),
+                    )
+                ):
+                    path = f"{file.subdir}/{file.name}" if file.subdir else file.name
+                    found.setdefault(
+                        path,
+                        Prior(file.size, file.mtime, None, file.sha256, file.hashsum, file.crc32),
+                    )
+        return found
+
+    def _record(self, outcome: Outcome) -> None:
+        if outcome.state == states.FILE_PENDING:
+            return
+        values: dict[str, Any] = {
+            "state": outcome.state,
+            "error": outcome.error,
+            "attempts": outcome.attempts,
+        }
+        with self.runtime.db.session() as session:
+            if outcome.fetched is not None:
+                fetched = outcome.fetched
+                values.update(
+                    sha256=fetched.sha256,
+                    md5=fetched.md5,
+                    crc32=outcome.crc32,
+                    bytes_done=fetched.size,
+                    size=fetched.size,
+                    attempts=fetched.attempts,
+                )
+            if outcome.prior is not None:
+                prior = outcome.prior
+                values.update(
+                    sha256=prior.sha256, md5=prior.md5, crc32=prior.crc32, bytes_done=prior.size
+                )
+            session.execute(
+                update(MirrorRunFile).where(MirrorRunFile.id == outcome.row_id).values(**values)
+            )
+            sha256 = values.get("sha256")
+            if sha256:
+                # The blob stays alive until the release is published (or the run is dropped).
+                session.add(
+                    StagedBlob(
+                        job_id=self.context.job_id,
+                        name=str(outcome.row_id),
+                        sha256=sha256,
+                        size=int(values["bytes_done"]),
+                        created=outcome.fetched is not None,
+                    )
+                )
+            counter = {
+                states.FILE_DONE: MirrorRun.files_done,
+                states.FILE_REUSED: MirrorRun.files_reused,
+                states.FILE_FAILED: MirrorRun.files_failed,
+            }[outcome.state]
+            session.execute(
+                update(MirrorRun).where(MirrorRun.id == self.run_id).values({counter: counter + 1})
+            )
+
+    def _monitor(self) -> None:
+        reported = 0
+        while not self.stopping.wait(PROGRESS_SECONDS):
+            reported = self._report(reported)
+            if self._cancelled():
+                self.stopping.set()
+        self._report(reported)
+
+    def _report(self, reported: int) -> int:
+        with self._lock:
+            moved = self._bytes_moved
+        if moved != reported:
+            with self.runtime.db.session() as session:
+                session.execute(
+                    update(MirrorRun)
+                    .where(MirrorRun.id == self.run_id)
+                    .values(bytes_done=MirrorRun.bytes_done + (moved - reported))
+                )
+        return moved
+
+    def _cancelled(self) -> bool:
+        with self.runtime.db.session() as session:
+            return bool(
+                session.scalar(
+                    select(MirrorRun.cancel_requested).where(MirrorRun.id == self.run_id)
+                )
+            )
+
+
+def _host_key(spec: SourceSpec) -> str:
+    return f"{spec.protocol}://{spec.server}"
+
+
+def _is_sidecar(save_as: str) -> bool:
+    return save_as.endswith(tuple(SIDECARS))
+
+
+def _unchanged(row: MirrorRunFile, prior: Prior) -> bool:
+    if row.size is not None and row.size != prior.size:
+        return False
+    if row.fingerprint and prior.fingerprint:
+        return row.fingerprint == prior.fingerprint
+    return row.mtime is not None and prior.mtime is not None and row.mtime == prior.mtime
+
+
+def _name_of(batch: list[MirrorRunFile], row_id: int) -> str:
+    return next(row.save_as for row in batch if row.id == row_id)

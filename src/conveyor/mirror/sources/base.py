@@ -1,0 +1,108 @@
+"""The interface every remote source implements, and the registry that picks one by protocol.
+
+A source holds one connection (an FTP control connection, an SSH session, an HTTP client)
+and reuses it for every listing and transfer; a mirror that downloads N files at once opens
+N sources. Paths are relative to the source's ``remote_dir`` and ``/``-separated.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from types import TracebackType
+from typing import ClassVar, Self
+
+from conveyor.mirror.entries import RemoteEntry
+from conveyor.mirror.errors import DefinitionError, SourceError
+from conveyor.mirror.spec import SourceSpec
+
+READ_CHUNK = 256 * 1024
+
+
+class Source(ABC):
+    """Lists folders and reads files of one remote."""
+
+    protocols: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def list(self, folder: str = "") -> Iterator[RemoteEntry]:
+        """The entries of ``folder``, named relative to it, as the remote sends them.
+
+        A folder that does not exist raises a permanent :class:`SourceError`.
+        """
+
+    @abstractmethod
+    def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
+        """The bytes of ``path`` from ``offset`` to its end.
+
+        The stream may end early when the connection is cut: the caller compares what it
+        got with the expected size and resumes from there. A transfer that moves no byte
+        for ``spec.stall_timeout`` seconds raises a transient :class:`SourceError`.
+        """
+
+    @abstractmethod
+    def stat(self, path: str) -> RemoteEntry:
+        """Size and modification time of one file (HEAD, SIZE and MDTM, stat)."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def remote_path(self, path: str) -> str:
+        """The absolute remote path of ``path`` (relative to ``remote_dir``), refusing escapes."""
+        return join_remote(self.spec.remote_dir, path)
+
+
+def join_remote(root: str, path: str) -> str:
+    """``root/path`` with ``//`` collapsed; ``..`` segments and absolute paths are refused."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise SourceError(f"path {path!r} climbs out of the mirrored folder", permanent=True)
+    return posixpath.join("/" + root.strip("/"), *parts) if parts else "/" + root.strip("/")
+
+
+_REGISTRY: dict[str, type[Source]] = {}
+
+
+def register(cls: type[Source]) -> type[Source]:
+    """Register a source class for each of its protocols (a class decorator)."""
+    for protocol in cls.protocols:
+        _REGISTRY[protocol] = cls
+    return cls
+
+
+def open_source(spec: SourceSpec) -> Source:
+    """A new source for ``spec.protocol``."""
+    _load_builtin_sources()
+    cls = _REGISTRY.get(spec.protocol)
+    if cls is None:
+        known = ", ".join(sorted(_REGISTRY))
+        raise DefinitionError(f"no source handles protocol {spec.protocol!r} (known: {known})")
+    return cls(spec)
+
+
+def _load_builtin_sources() -> None:
+    # Imported on first use: each module registers itself, and the heavy client libraries
+    # (paramiko, s3fs) load only when a mirror needs them.
+    from conveyor.mirror.sources import (  # noqa: F401
+        ftp,
+        http,
+        local,
+        objects,
+        rsync,
+        sftp,
+    )

@@ -1,0 +1,200 @@
+"""FTP and explicit FTPS (``AUTH TLS``) with ``ftplib``: MLSD or LIST, REST for resume."""
+
+from __future__ import annotations
+
+import ftplib
+import posixpath
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from conveyor.mirror.entries import RemoteEntry
+from conveyor.mirror.errors import SourceError
+from conveyor.mirror.listings import parse_list_line, parse_mlsd_line
+from conveyor.mirror.sources.base import READ_CHUNK, Source, register
+from conveyor.mirror.sources.tls import apply_keepalive, ssl_context
+from conveyor.mirror.spec import SourceSpec
+
+T = TypeVar("T")
+
+# Replies meaning "this server does not know MLSD": fall back to LIST.
+NOT_IMPLEMENTED = ("500", "501", "502", "504")
+
+
+@register
+class FtpSource(Source):
+    """One control connection, opened on first use and opened again after a failure."""
+
+    protocols = ("ftp", "ftps", "directftp", "directftps")
+
+    def __init__(self, spec: SourceSpec) -> None:
+        super().__init__(spec)
+        self.tls = spec.protocol.endswith("ftps")
+        self._ftp: ftplib.FTP | None = None
+        self._cwd: str | None = None
+        self._mlsd = True
+
+    def list(self, folder: str = "") -> Iterator[RemoteEntry]:
+        """MLSD when the server has it (exact sizes and UTC times), else LIST."""
+        path = self.remote_path(folder)
+        now = datetime.now(UTC)
+        if self._mlsd:
+            try:
+                for line in self._lines("MLSD", path):
+                    entry = parse_mlsd_line(line)
+                    if entry is not None:
+                        yield entry
+                return
+            except SourceError as error:
+                if not str(error).startswith(NOT_IMPLEMENTED):
+                    raise
+                self._mlsd = False
+        for line in self._lines("LIST", path):
+            entry = parse_list_line(line, now=now)
+            if entry is not None:
+                yield entry
+
+    def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
+        """RETR, after ``REST offset`` when resuming."""
+        target = self._target(path)
+        conn = self._call(lambda ftp: ftp.transfercmd(f"RETR {target}", rest=offset or None))
+        yield from self._drain(conn, path)
+
+    def stat(self, path: str) -> RemoteEntry:
+        """SIZE and MDTM."""
+        target = self._target(path)
+        size = self._call(lambda ftp: ftp.size(target))
+        modified = self._call(lambda ftp: ftp.voidcmd(f"MDTM {target}"))
+        mtime = _mdtm(modified)
+        return RemoteEntry(
+            posixpath.basename(path), size=size, mtime=mtime, fingerprint=modified.split()[-1]
+        )
+
+    def close(self) -> None:
+        """QUIT politely, or just close the socket."""
+        ftp, self._ftp, self._cwd = self._ftp, None, None
+        if ftp is None:
+            return
+        try:
+            ftp.quit()
+        except (OSError, EOFError, ftplib.Error):
+            ftp.close()
+
+    def _connection(self) -> ftplib.FTP:
+        if self._ftp is not None:
+            return self._ftp
+        spec = self.spec
+        # Plain FTP is what many public banks serve; FTPS is used whenever asked for.
+        ftp = (
+            ftplib.FTP_TLS(context=ssl_context(spec.options))  # noqa: S321
+            if self.tls
+            else ftplib.FTP()  # noqa: S321
+        )
+        try:
+            ftp.connect(spec.host, spec.port(21), timeout=spec.connect_timeout)
+            # Data and control sockets then wait at most this long for a byte: a stall.
+            ftp.timeout = spec.stall_timeout
+            if ftp.sock is not None:
+                ftp.sock.settimeout(spec.stall_timeout)
+                apply_keepalive(ftp.sock, spec.options.tcp_keepalive)
+            user, password = "anonymous", "anonymous@"
+            if spec.credentials is not None:
+                user = spec.credentials.user
+                password = spec.credentials.secret()
+            ftp.login(user, password)
+            if isinstance(ftp, ftplib.FTP_TLS):
+                ftp.prot_p()
+            ftp.voidcmd("TYPE I")
+        except BaseException:
+            ftp.close()
+            raise
+        self._ftp = ftp
+        return ftp
+
+    def _call(self, operation: Callable[[ftplib.FTP], T]) -> T:
+        try:
+            return operation(self._connection())
+        except (ftplib.Error, OSError, EOFError) as error:
+            raise self._failure(error) from None
+
+    def _failure(self, error: BaseException) -> SourceError:
+        """A SourceError for ``error``; the connection is dropped unless the reply was a 5xx."""
+        where = f"{self.spec.protocol}://{self.spec.host}"
+        if isinstance(error, ftplib.error_perm):
+            text = str(error).strip()
+            return SourceError(text if text[:3].isdigit() else f"{where}: {text}", permanent=True)
+        self.close()
+        if isinstance(error, ftplib.error_temp):
+            text = str(error).strip()
+            return SourceError(f"{where}: {text}", throttled=text.startswith("421"))
+        if isinstance(error, TimeoutError | socket.timeout):
+            return SourceError(f"{where}: stalled, no data for {self.spec.stall_timeout:g} s")
+        if isinstance(error, ssl.SSLError):
+            return SourceError(f"{where}: TLS failed: {error}", permanent=True)
+        return SourceError(f"{where}: {error}")
+
+    def _chdir(self, folder: str) -> None:
+        if self._cwd == folder:
+            return
+        if self.spec.options.ftp_method in ("default", "multicwd"):
+            self._call(lambda ftp: ftp.cwd("/"))
+            for part in folder.strip("/").split("/"):
+                if part:
+                    self._call(lambda ftp, part=part: ftp.cwd(part))  # type: ignore[misc]
+        else:
+            self._call(lambda ftp: ftp.cwd(folder))
+        self._cwd = folder
+
+    def _target(self, path: str) -> str:
+        """What to name in a command for ``path``: the full path, or a name after CWD."""
+        full = self.remote_path(path)
+        if self.spec.options.ftp_method == "nocwd":
+            return full
+        folder, name = posixpath.split(full)
+        self._chdir(folder)
+        return name
+
+    def _lines(self, command: str, path: str) -> Iterator[str]:
+        if self.spec.options.ftp_method == "nocwd":
+            request = f"{command} {path}"
+        else:
+            self._chdir(path)
+            request = command
+        conn = self._call(lambda ftp: ftp.transfercmd(request))
+        ftp = self._connection()
+        pending = b""
+        for chunk in self._drain(conn, path):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.rstrip(b"\r").decode(ftp.encoding, "replace")
+        if pending.strip():
+            yield pending.rstrip(b"\r").decode(ftp.encoding, "replace")
+
+    def _drain(self, conn: socket.socket, path: str) -> Iterator[bytes]:
+        """The bytes of a data connection, then the transfer's final reply."""
+        done = False
+        try:
+            with conn:
+                while chunk := conn.recv(READ_CHUNK):
+                    yield chunk
+                if isinstance(conn, ssl.SSLSocket):
+                    conn.unwrap()
+            self._call(lambda ftp: ftp.voidresp())
+            done = True
+        except (OSError, EOFError, ftplib.Error) as error:
+            raise self._failure(error) from None
+        finally:
+            if not done:
+                # Abandoned or failed mid-transfer: the control connection is out of step.
+                self.close()
+
+
+def _mdtm(reply: str) -> datetime | None:
+    stamp = reply.split()[-1]
+    try:
+        return datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None

@@ -1,0 +1,36 @@
+"""TLS and TCP settings shared by the FTP and HTTP sources (BioMAJ's ``ssl_*`` and keepalive)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from conveyor.mirror.spec import SourceOptions
+
+
+def ssl_context(options: SourceOptions) -> ssl.SSLContext:
+    """A client context: the system's CAs or ``ssl_server_cert``, checks as the options say."""
+    context = ssl.create_default_context(cafile=options.ssl_server_cert or None)
+    if not options.ssl_verifyhost or not options.ssl_verifypeer:
+        context.check_hostname = False
+    if not options.ssl_verifypeer:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def keepalive_options(seconds: int) -> list[tuple[int, int, int]]:
+    """Socket options for TCP keepalive probes as curl sets them (idle twice, interval once)."""
+    if seconds <= 0:
+        return []
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        options.append((socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 2 * seconds))
+    if hasattr(socket, "TCP_KEEPINTVL"):
+        options.append((socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, seconds))
+    return options
+
+
+def apply_keepalive(sock: socket.socket, seconds: int) -> None:
+    """Turn on keepalive probes on an open socket."""
+    for level, name, value in keepalive_options(seconds):
+        sock.setsockopt(level, name, value)

@@ -1,0 +1,250 @@
+"""Downloading one file: resume from where it stopped, check it, then give it its name.
+
+Bytes go to ``<target>.part``; a cut connection resumes from the part's length (FTP REST,
+HTTP Range, SFTP offset), a stall raises after the source's stall timeout and is retried
+under the mirror's policy, and permanent errors (404, 550, bad credentials) end the file at
+once. The whole file is checked (size against the listing, archive structure) before the
+rename, so a truncated or corrupt file is never visible under its real name: it is
+deleted and fetched again, as BioMAJ does for archives but also for sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tenacity
+
+from conveyor.mirror.errors import MirrorError, SourceError
+from conveyor.mirror.integrity import CorruptFile, check_archive
+from conveyor.mirror.retry import RetryPolicy
+from conveyor.mirror.sources.base import Source
+
+PART_SUFFIX = ".part"
+HASH_CHUNK = 1024 * 1024
+# After this many transfers in a row without a throttle reply, one more connection is allowed.
+RECOVER_AFTER = 20
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A file to fetch: remote path, the name to report, the listed size, where to put it,
+    and the digest a sidecar (``.md5``, ``.sha256``) says it has, as ``(algorithm, hex)``."""
+
+    path: str
+    name: str
+    size: int | None
+    target: Path
+    digest: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A file on disk under its final name, with its digests and what it took."""
+
+    path: Path
+    size: int
+    sha256: str
+    md5: str
+    attempts: int
+    resumed: int
+
+
+class HostGate:
+    """At most ``limit`` transfers at once to one host, fewer after it says it is busy.
+
+    A throttle reply (FTP 421, HTTP 429 or 503) lowers the limit by one, down to one, and
+    holds new transfers back for the ``Retry-After`` it gave; a run of successes raises the
+    limit again, up to the configured maximum (lftp's dynamic connection limit).
+    """
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.maximum = limit
+        self.limit = limit
+        self._active = 0
+        self._calm = 0
+        self._paused_until = 0.0
+        self._clock = clock
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def slot(self, on_wait: Callable[[], None] | None = None) -> Any:
+        """Hold one transfer slot; ``on_wait`` runs once if the caller has to wait."""
+        with self._changed:
+            waited = False
+            while self._active >= self.limit or self._clock() < self._paused_until:
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                pause = self._paused_until - self._clock()
+                self._changed.wait(timeout=pause if pause > 0 else None)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._active -= 1
+                self._changed.notify_all()
+
+    def throttled(self, retry_after: float | None) -> None:
+        """The host said it is busy: one connection fewer, and a pause if it asked for one."""
+        with self._changed:
+            self.limit = max(1, min(self.limit, self._active) - 1)
+            self._calm = 0
+            if retry_after:
+                self._paused_until = max(self._paused_until, self._clock() + retry_after)
+            self._changed.notify_all()
+
+    def succeeded(self) -> None:
+        """A transfer went through; after enough of them, allow one more connection."""
+        with self._changed:
+            self._calm += 1
+            if self._calm >= RECOVER_AFTER and self.limit < self.maximum:
+                self.limit += 1
+                self._calm = 0
+                self._changed.notify_all()
+
+
+class _Digests:
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.md5.update(chunk)
+        self.size += len(chunk)
+
+
+def _retryable(error: BaseException) -> bool:
+    if isinstance(error, SourceError):
+        return not error.permanent
+    return isinstance(error, MirrorError)
+
+
+def fetch(
+    source: Source,
+    wanted: Wanted,
+    policy: RetryPolicy,
+    *,
+    gate: HostGate,
+    attempt_seconds: float,
+    check_archives: bool = True,
+    on_bytes: Callable[[int], None] = lambda count: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Fetched:
+    """Fetch ``wanted`` through ``source`` under ``policy``; raises the last error when it gives up.
+
+    A ``.part`` left by an earlier run is resumed; its bytes are hashed first.
+    """
+    part = wanted.target.with_name(wanted.target.name + PART_SUFFIX)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(_digest_existing(part))
+    retrying = policy.retrying(retry=tenacity.retry_if_exception(_retryable), sleep=sleep)
+    try:
+        for attempt in retrying:
+            with attempt:
+                _try_once(
+                    source, wanted, part, progress, gate, attempt_seconds, check_archives, on_bytes
+                )
+    except MirrorError as error:
+        error.attempts = retrying.statistics.get("attempt_number", 1)
+        raise
+    gate.succeeded()
+    part.replace(wanted.target)
+    digests = progress.digests
+    return Fetched(
+        wanted.target,
+        digests.size,
+        digests.sha256.hexdigest(),
+        digests.md5.hexdigest(),
+        attempts=retrying.statistics.get("attempt_number", 1),
+        resumed=progress.resumed,
+    )
+
+
+@dataclass
+class _Progress:
+    digests: _Digests
+    resumed: int = 0
+
+
+def _try_once(
+    source: Source,
+    wanted: Wanted,
+    part: Path,
+    progress: _Progress,
+    gate: HostGate,
+    attempt_seconds: float,
+    check_archives: bool,
+    on_bytes: Callable[[int], None],
+) -> None:
+    """One attempt, resuming from what the part holds; a corrupt part is thrown away."""
+    try:
+        with gate.slot(on_wait=source.close):
+            if progress.digests.size:
+                progress.resumed += 1
+            _attempt(source, wanted, part, progress.digests, attempt_seconds, on_bytes)
+        _check_digest(wanted, progress.digests)
+        if check_archives:
+            check_archive(part, wanted.name)
+    except SourceError as error:
+        if error.throttled:
+            gate.throttled(error.retry_after)
+        raise
+    except CorruptFile:
+        part.unlink(missing_ok=True)
+        progress.digests = _Digests()
+        raise
+
+
+def _attempt(
+    source: Source,
+    wanted: Wanted,
+    part: Path,
+    digests: _Digests,
+    attempt_seconds: float,
+    on_bytes: Callable[[int], None],
+) -> None:
+    deadline = time.monotonic() + attempt_seconds
+    expected = wanted.size
+    if expected is None or digests.size < expected:
+        with part.open("ab") as out:
+            for chunk in source.read(wanted.path, digests.size):
+                out.write(chunk)
+                digests.update(chunk)
+                on_bytes(len(chunk))
+                if time.monotonic() > deadline:
+                    raise SourceError(
+                        f"{wanted.name}: not done after {attempt_seconds:g} s (timeout.download)"
+                    )
+    if expected is not None and digests.size < expected:
+        raise SourceError(f"{wanted.name}: connection cut at {digests.size} of {expected} bytes")
+    if expected is not None and digests.size > expected:
+        got = digests.size
+        raise CorruptFile(f"{wanted.name}: {got} bytes arrived, the listing said {expected}")
+
+
+def _check_digest(wanted: Wanted, digests: _Digests) -> None:
+    if wanted.digest is None:
+        return
+    algorithm, expected = wanted.digest
+    got = (digests.md5 if algorithm == "md5" else digests.sha256).hexdigest()
+    if got != expected:
+        raise CorruptFile(f"{wanted.name}: {algorithm} is {got}, its sidecar says {expected}")
+
+
+def _digest_existing(part: Path) -> _Digests:
+    digests = _Digests()
+    if part.exists():
+        with part.open("rb") as existing:
+            while chunk := existing.read(HASH_CHUNK):
+                digests.update(chunk)
+    return digests

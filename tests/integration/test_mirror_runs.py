@@ -1,0 +1,155 @@
+"""Mirror runs end to end through the API: list, release, download, publish, reuse."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+BANK = """[GENERAL]
+db.name=alu
+protocol=local
+server=
+remote.dir={root}/
+remote.files=^alu.*\\.gz$ ^sub/(.*\\.txt)$
+local.files=**/*
+release.file=
+release.regexp=
+"""
+
+
+def _bank(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    (root / "alu.n.gz").write_bytes(gzip.compress(b">alu\nACGT\n" * 1000))
+    (root / "alu.a.gz").write_bytes(gzip.compress(b">alu\nMKV\n" * 1000))
+    (root / "other.gz").write_bytes(gzip.compress(b"x"))
+    (root / "sub" / "notes.txt").write_text("hello")
+    for path in root.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+
+
+# Two quick attempts: a corrupt file is fetched again once, without waiting.
+QUICK_RETRIES = """options.names=stop_condition,wait_policy
+options.stop_condition=stop_after_attempt(2)
+options.wait_policy=wait_none
+"""
+
+
+def _add(client: TestClient, root: Path, extra: str = "") -> dict[str, Any]:
+    answer = client.post(
+        "/api/v1/mirrors",
+        content=BANK.format(root=root) + extra,
+        headers={"Content-Type": "text/plain"},
+    )
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+def _run(client: TestClient, name: str) -> dict[str, Any]:
+    started = client.post(f"/api/v1/mirrors/{name}/runs")
+    assert started.status_code == 202, started.text
+    run = client.get(f"/api/v1/mirror-runs/{started.json()['id']}").json()
+    assert run["state"] not in ("queued", "listing", "downloading", "publishing")
+    return dict(run)
+
+
+def test_a_bank_file_is_mirrored_and_published(client: TestClient, tmp_path: Path) -> None:
+    root = tmp_path / "remote"
+    _bank(root)
+    added = _add(client, root)
+    assert added["origin"] == "biomaj"
+    run = _run(client, "alu")
+    assert run["state"] == "published", run
+    assert run["release"] == "2023-11-14"
+    assert run["files_total"] == 3
+    assert run["files_done"] == 3
+    transaction = client.get(f"/api/v1/transactions/{run['transaction_id']}").json()
+    paths = sorted(
+        f"{f['subdir']}/{f['name']}" if f["subdir"] else f["name"] for f in transaction["files"]
+    )
+    # The capture group saves sub/notes.txt as notes.txt.
+    assert paths == ["alu.a.gz", "alu.n.gz", "notes.txt"]
+    sources = {f["name"]: f["source"] for f in transaction["files"]}
+    assert sources["notes.txt"] == f"local://{root}/sub/notes.txt"
+    content = client.get(f"/api/v1/files/{transaction['files'][0]['id']}/content")
+    assert content.status_code == 200
+
+
+def test_an_unchanged_bank_is_up_to_date(client: TestClient, tmp_path: Path) -> None:
+    root = tmp_path / "remote"
+    _bank(root)
+    _add(client, root)
+    first = _run(client, "alu")
+    second = _run(client, "alu")
+    assert second["state"] == "up_to_date"
+    assert second["transaction_id"] is None
+    assert first["release"] == second["release"]
+
+
+def test_a_new_release_reuses_unchanged_files(client: TestClient, tmp_path: Path) -> None:
+    root = tmp_path / "remote"
+    _bank(root)
+    _add(client, root)
+    _run(client, "alu")
+    (root / "alu.n.gz").write_bytes(gzip.compress(b">alu\nTTTT\n"))
+    os.utime(root / "alu.n.gz", (1_800_000_000, 1_800_000_000))
+    run = _run(client, "alu")
+    assert run["state"] == "published", run
+    assert run["files_done"] == 1
+    assert run["files_reused"] == 2
+    assert run["release"] == "2027-1-15"
+
+
+def test_a_corrupt_archive_fails_the_run_with_its_reason(
+    client: TestClient, tmp_path: Path
+) -> None:
+    root = tmp_path / "remote"
+    _bank(root)
+    (root / "alu.a.gz").write_bytes(b"not gzip at all")
+    _add(client, root, QUICK_RETRIES)
+    run = _run(client, "alu")
+    assert run["state"] == "failed"
+    assert "alu.a.gz" in run["error"]
+    failed = client.get(f"/api/v1/mirror-runs/{run['id']}/files?state=failed").json()["files"]
+    assert [f["save_as"] for f in failed] == ["alu.a.gz"]
+    assert "not a valid archive" in failed[0]["error"]
+    assert failed[0]["attempts"] == 2
+    assert client.get("/api/v1/mirrors/alu").json()["last_release"] is None
+
+
+def test_bad_definitions_are_refused_with_the_reason(client: TestClient) -> None:
+    answer = client.post(
+        "/api/v1/mirrors",
+        content="[GENERAL]\ndb.name=x\nprotocol=ftp\nserver=h\nremote.dir=/\n"
+        "options.names=stop_condition\noptions.stop_condition=stop_after_attempt(5) & 1\n",
+        headers={"Content-Type": "text/plain"},
+    )
+    assert answer.status_code == 400
+    assert "stop_condition" in answer.json()["detail"]
+    answer = client.post("/api/v1/mirrors", json={"name": "../x", "source": {"protocol": "ftp"}})
+    assert answer.status_code == 400
+    assert client.post("/api/v1/mirrors/nothing/runs").status_code == 404
+
+
+def test_credentials_never_come_back(client: TestClient, tmp_path: Path) -> None:
+    definition = {
+        "name": "secret-bank",
+        "source": {
+            "protocol": "ftp",
+            "server": "127.0.0.1:1",
+            "remote_dir": "/pub/",
+            "credentials": {"user": "anna", "password": "hunter2"},
+        },
+    }
+    created = client.post("/api/v1/mirrors", json=definition)
+    assert created.status_code == 201, created.text
+    for answer in (
+        created,
+        client.get("/api/v1/mirrors/secret-bank"),
+        client.get("/api/v1/mirrors"),
+    ):
+        assert "hunter2" not in answer.text
+        assert "anna" in answer.text
