@@ -115,6 +115,9 @@ def serve(
 
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Jobs run at once.")] = None,
+    beat: Annotated[
+        bool, typer.Option(help="Also run Celery beat here (scheduled mirror runs); run one.")
+    ] = False,
 ) -> None:
     """Run a Celery worker (needs CONVEYOR_BROKER_URL)."""
     from conveyor.jobs.celery_app import (
@@ -147,6 +150,11 @@ def worker(
                 "--without-gossip",
                 "--without-mingle",
                 f"--loglevel={settings.log_level}",
+                *(
+                    ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+                    if beat
+                    else []
+                ),
             ]
         )
     finally:

@@ -365,6 +365,9 @@ class Mirror(Timestamped, Base):
     last_transaction_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("transactions.id", ondelete="SET NULL"), default=None
     )
+    # A cron expression (UTC), and when it next fires.
+    schedule: Mapped[str | None] = mapped_column(String(100), default=None)
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None, index=True)
 
 
 class MirrorRun(Timestamped, Base):

@@ -71,11 +71,16 @@ def bind_runtime(runtime: Runtime) -> None:
     _runtime = runtime
 
 
+def bound_runtime() -> Runtime:
+    """The runtime this worker was started with."""
+    if _runtime is None:
+        raise RuntimeError("worker started without a runtime")
+    return _runtime
+
+
 @celery_app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job_task(job_id: int) -> None:
     """Run one job in this worker."""
     from conveyor.jobs.runner import run_job
 
-    if _runtime is None:
-        raise RuntimeError("worker started without a runtime")
-    run_job(_runtime, int(job_id))
+    run_job(bound_runtime(), int(job_id))

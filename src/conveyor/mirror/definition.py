@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Self
 
 from pydantic import (
@@ -25,6 +26,7 @@ from conveyor.ingest.paths import UnsafePath, relative_parts
 from conveyor.mirror.errors import DefinitionError
 from conveyor.mirror.matching import compile_patterns
 from conveyor.mirror.retry import retry_policy
+from conveyor.mirror.schedule import next_run
 from conveyor.mirror.spec import SourceSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -103,6 +105,8 @@ class MirrorDefinition(BaseModel):
     threads: int = Field(4, ge=1, le=256)
     stop_condition: str | None = None
     wait_policy: str | None = None
+    # When to run by itself: a cron expression in UTC ("0 3 * * *": every day at 03:00).
+    schedule: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -126,6 +130,8 @@ class MirrorDefinition(BaseModel):
             compile_patterns(self.remote_files)
             compile_patterns(self.local_files)
             retry_policy(self.stop_condition, self.wait_policy)
+            if self.schedule:
+                next_run(self.schedule, datetime.now(UTC))
         except DefinitionError as error:
             raise ValueError(str(error)) from None
         return self

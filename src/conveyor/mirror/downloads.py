@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from conveyor.mirror.retry import RetryPolicy, retry_policy
 from conveyor.mirror.sources import Source, open_source
 from conveyor.mirror.spec import SourceSpec
 from conveyor.mirror.transfer import Fetched, HostGate, Wanted, fetch
+from conveyor.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +171,11 @@ class Downloader:
             and _unchanged(row, prior)
             and self.runtime.archive.exists(prior.sha256)
         ):
+            metrics.MIRROR_REUSED.labels(mirror=self.definition.name).inc()
             return Outcome(row.id, states.FILE_REUSED, prior=prior)
         spec = self.specs[row.source_index]
+        labels = {"mirror": self.definition.name, "host": spec.host or spec.protocol}
+        started = time.monotonic()
         try:
             wanted = Wanted(
                 row.path,
@@ -192,7 +197,11 @@ class Downloader:
         except RunCancelled:
             return Outcome(row.id, states.FILE_PENDING)
         except MirrorError as error:
+            metrics.MIRROR_DOWNLOAD_ERRORS.labels(**labels).inc()
             return Outcome(row.id, states.FILE_FAILED, error=str(error), attempts=error.attempts)
+        metrics.MIRROR_DOWNLOADS.labels(**labels).inc()
+        metrics.MIRROR_DOWNLOAD_BYTES.labels(**labels).inc(fetched.size)
+        metrics.MIRROR_DOWNLOAD_SECONDS.labels(**labels).inc(time.monotonic() - started)
         return Outcome(row.id, states.FILE_DONE, fetched=fetched, crc32=stored)
 
     def _store(self, fetched: Fetched) -> int:

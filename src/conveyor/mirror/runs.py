@@ -34,10 +34,12 @@ from conveyor.events.outbox import Event, record_event
 from conveyor.ingest.staging import discard
 from conveyor.jobs import service as jobs
 from conveyor.jobs import states as job_states
+from conveyor.jobs.celery_app import bound_runtime, celery_app
 from conveyor.jobs.context import JobContext, LeaseLost
 from conveyor.jobs.errors import RetryLater, StepFailed
+from conveyor.jobs.executors import SWEEP_HOOKS, SweepHook
 from conveyor.jobs.registry import job_handler
-from conveyor.mirror import states
+from conveyor.mirror import schedule, states
 from conveyor.mirror.definition import MirrorDefinition
 from conveyor.mirror.downloads import Downloader, RunCancelled
 from conveyor.mirror.entries import RemoteEntry
@@ -60,6 +62,23 @@ INSERT_BATCH = 1000
 MAX_ITEM_ERRORS = 100
 RELEASE_PUBLISHED = "org.conveyor.mirror.release.published"
 RELEASE_FAILED = "org.conveyor.mirror.release.failed"
+
+
+MIRROR_SCHEDULES = "conveyor.mirror_schedules"
+
+
+@celery_app.task(name=MIRROR_SCHEDULES, ignore_result=True)
+def mirror_schedules_task() -> None:
+    """Celery beat's tick: start the mirror runs that are due."""
+    schedule.tick(bound_runtime())
+
+
+# Every sweeper (serve, worker) ticks; Celery beat, when run, ticks as well. The mirror row
+# decides who starts a due run, so more tickers never mean more runs.
+SWEEP_HOOKS.append(SweepHook(schedule.tick, schedule.TICK_SECONDS))
+celery_app.conf.beat_schedule = {
+    "conveyor-mirror-schedules": {"task": MIRROR_SCHEDULES, "schedule": schedule.TICK_SECONDS}
+}
 
 
 @job_handler(KIND_MIRROR_RUN)

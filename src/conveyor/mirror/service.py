@@ -17,6 +17,7 @@ from conveyor.jobs.service import create_job
 from conveyor.mirror import states
 from conveyor.mirror.definition import MirrorDefinition, describe
 from conveyor.mirror.errors import DefinitionError
+from conveyor.mirror.schedule import next_run
 from conveyor.runtime import Runtime
 
 KIND_MIRROR_RUN = "mirror run"
@@ -60,6 +61,11 @@ def save_mirror(
             session.add(mirror)
         mirror.definition = stored_form(runtime, definition)
         mirror.origin = origin
+        if mirror.schedule != definition.schedule:
+            mirror.schedule = definition.schedule
+            mirror.next_run_at = (
+                next_run(definition.schedule, utcnow()) if definition.schedule else None
+            )
         session.flush()
         return mirror_view(runtime, mirror)
 
@@ -211,6 +217,7 @@ def mirror_view(runtime: Runtime, mirror: Mirror) -> dict[str, Any]:
         "definition": definition.model_dump(mode="json"),
         "last_release": mirror.last_release,
         "last_transaction_id": mirror.last_transaction_id,
+        "next_run": _iso(mirror.next_run_at),
         "created": _iso(mirror.created_at),
         "updated": _iso(mirror.updated_at),
     }

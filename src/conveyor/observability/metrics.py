@@ -22,3 +22,22 @@ CART_BUNDLE_BYTES = Counter(
 CART_NOTIFICATIONS = Counter(
     "conveyor_cart_notifications_total", "Requester notifications sent", ["kind", "outcome"]
 )
+MIRROR_DOWNLOADS = Counter(
+    "conveyor_mirror_downloads_total", "Files a mirror run downloaded", ["mirror", "host"]
+)
+MIRROR_DOWNLOAD_ERRORS = Counter(
+    "conveyor_mirror_download_errors_total",
+    "Files a mirror run failed to download",
+    ["mirror", "host"],
+)
+MIRROR_DOWNLOAD_BYTES = Counter(
+    "conveyor_mirror_download_bytes_total",
+    "Bytes of files downloaded by mirror runs",
+    ["mirror", "host"],
+)
+MIRROR_DOWNLOAD_SECONDS = Counter(
+    "conveyor_mirror_download_seconds_total", "Seconds spent downloading files", ["mirror", "host"]
+)
+MIRROR_REUSED = Counter(
+    "conveyor_mirror_reused_total", "Files a mirror run took from an earlier release", ["mirror"]
+)

@@ -34,6 +34,8 @@ def upgrade() -> None:
         sa.Column("origin", sa.String(length=16), nullable=False),
         sa.Column("last_release", sa.String(length=255), nullable=True),
         sa.Column("last_transaction_id", sa.BigInteger(), nullable=True),
+        sa.Column("schedule", sa.String(length=100), nullable=True),
+        sa.Column("next_run_at", TIMESTAMP, nullable=True),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.ForeignKeyConstraint(
@@ -46,6 +48,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_mirrors_name")),
     )
     with op.batch_alter_table("mirrors", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_mirrors_next_run_at"), ["next_run_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_mirrors_owner"), ["owner"], unique=False)
 
     op.create_table(
@@ -143,5 +146,6 @@ def downgrade() -> None:
     op.drop_table("mirror_runs")
     with op.batch_alter_table("mirrors", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_mirrors_owner"))
+        batch_op.drop_index(batch_op.f("ix_mirrors_next_run_at"))
 
     op.drop_table("mirrors")
