@@ -427,3 +427,18 @@ def test_an_endless_record_is_refused() -> None:
     chunks = itertools.repeat("x" * 1000, MAX_RECORD_CHARS // 1000 + 2)
     with pytest.raises(ListingFormatError, match="longer than"):
         list(parse_index(chunks, now=NOW))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "record",
+    [
+        "<a " * 300_000,  # unclosed tags
+        '<a href="x">' * 80_000,  # unclosed links
+        "1/3/2024 10:22 AM 12 <a " * 40_000,
+        "a" * 1_000_000,
+    ],
+)
+def test_hostile_records_take_linear_time(record: str) -> None:
+    # Each took minutes when a pattern scanned to the end of the line from every tag.
+    assert list(parse_index([record], now=NOW)) == []

@@ -353,11 +353,14 @@ _RECORD_END = re.compile(r"\n|<br ?/?>", re.IGNORECASE)
 _CUT_RECORD_END = re.compile(r"<(?:b(?:r ?/?)?)?", re.IGNORECASE)  # "<br />" cut short
 
 _DATE_TEXT = r"\d{1,2}-[A-Za-z]{3}-\d{4}|\d{4}-(?:\d{2}|[A-Za-z]{3})-\d{2}"
-_CELL_GAP = r"(?:\s|</?td[^>]*>)"
+_CELL_GAP = r"(?:\s|</?td[^<>]*>)"
+# A link's start. Tags and attributes end at the next "<" or ">" (valid HTML escapes them), so
+# a line of unclosed tags is not scanned to its end from each of them.
+_HREF = r'<a\s[^<>]*?href\s*=\s*"(?P<href>[^"<>]*)"'
 # Apache (both forms), nginx and lighttpd: a link, then a date, then a size ("-" for folders).
 _LINK_DATE_SIZE = re.compile(
-    # The link text never runs past its "</a>": no scan to the end of the line per link.
-    rf'<a\s[^>]*?href\s*=\s*"(?P<href>[^"]*)"[^>]*>[^<]*(?:<(?!/a>)[^<]*)*</a>(?:{_CELL_GAP}|/)*'
+    # The link text ends at its "</a>", or the next link when none: no scan to the line's end.
+    rf"{_HREF}[^<>]*>[^<]*(?:<(?!/a>|a\s)[^<]*)*</a>(?:{_CELL_GAP}|/)*"
     rf"(?P<date>(?:{_DATE_TEXT})(?:\s+\d{{1,2}}:\d{{2}}(?::\d{{2}})?)?){_CELL_GAP}+"
     r"(?P<size>[\d.]+[KMGTPE]?|-)(?=\s|<|$)",
     re.IGNORECASE,
@@ -367,11 +370,11 @@ _DATE_SIZE_LINK = re.compile(
     # Names bounded in length: a long run of letters is not tried from each of its letters.
     r"(?P<date>(?:[A-Za-z]{3,9},\s+[A-Za-z]{3,9}\s+\d{1,2},\s+\d{4}|\d{1,2}/\d{1,2}/\d{4})"
     r"\s+\d{1,2}:\d{2}(?:\s*[AP]M)?)\s+"
-    r'(?P<size>\d+|&lt;dir&gt;|<dir>)\s+<a\s[^>]*?href\s*=\s*"(?P<href>[^"]*)"',
+    rf"(?P<size>\d+|&lt;dir&gt;|<dir>)\s+{_HREF}",
     re.IGNORECASE,
 )
 # Python's http.server and other plain lists: names only.
-_LIST_ITEM = re.compile(r'<li>\s*<a\s[^>]*?href\s*=\s*"(?P<href>[^"]*)"', re.IGNORECASE)
+_LIST_ITEM = re.compile(rf"<li>\s*{_HREF}", re.IGNORECASE)
 _PAGE_FORMATS = (_LINK_DATE_SIZE, _DATE_SIZE_LINK, _LIST_ITEM)
 _IIS_DIR = ("<dir>", "&lt;dir&gt;")
 
