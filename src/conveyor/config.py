@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     secret_key: str = ""
     # Where mirror runs download before the archive takes the files (kept for resume).
     mirror_dir: Path | None = None
+    # The BioMAJ download service's Redis (sessions, progress, errors); unset, its web API
+    # under /api/download answers 503.
+    biomaj_redis_url: str = ""
+    biomaj_redis_prefix: str = "biomaj"
 
     db_connect_attempts: int = Field(
         10,

@@ -11,6 +11,7 @@ from conveyor.config import Settings
 from conveyor.db.engine import Database
 from conveyor.db.migrate import upgrade
 from conveyor.jobs.executors import Executor, make_executor
+from conveyor.mirror.biomaj.sessions import DownloadSessions
 from conveyor.secrets import Sealer
 from conveyor.storage.archive import Archive, open_archive
 from conveyor.storage.stores import BlobStore, open_store
@@ -59,6 +60,15 @@ class Runtime:
     def sealer(self) -> Sealer:
         """Seals and opens the credentials stored in the database."""
         return Sealer.for_settings(self.settings)
+
+    @functools.cached_property
+    def biomaj_sessions(self) -> DownloadSessions | None:
+        """The BioMAJ download service's Redis keys, when its Redis is configured."""
+        if not self.settings.biomaj_redis_url:
+            return None
+        return DownloadSessions.from_url(
+            self.settings.biomaj_redis_url, self.settings.biomaj_redis_prefix
+        )
 
     def submit(self, job_id: int) -> None:
         """Hand a committed job to the executor; the sweeper covers a failed hand-over."""

@@ -76,6 +76,22 @@ def read_all(archive: Archive, sha256: str) -> bytes:
 # --- writing and reading back -------------------------------------------------------------
 
 
+def test_adopt_takes_a_finished_file(archive: Archive, tmp_path: Path) -> None:
+    data = payload(200_000, seed=9)
+    hashes = {"sha256": sha256_of(data), "crc32": f"{zlib.crc32(data):08x}"}
+    first = tmp_path / "first.bin"
+    first.write_bytes(data)
+    stored = archive.adopt(first, hashes)
+    assert (stored.sha256, stored.size, stored.created) == (sha256_of(data), len(data), True)
+    assert not first.exists()
+    assert read_all(archive, stored.sha256) == data
+    again = tmp_path / "again.bin"
+    again.write_bytes(data)
+    assert archive.adopt(again, hashes).created is False
+    assert not again.exists()
+    assert tmp_keys(archive) == []
+
+
 def test_put_then_read_back(archive: Archive, archive_url: str) -> None:
     data = payload(300_000, seed=1)
     chunks = [data[:1], data[1:100_000], data[100_000:]]

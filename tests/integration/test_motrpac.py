@@ -34,8 +34,9 @@ from conveyor.carts.motrpac_messages import (
     decode_notification,
     encode_download,
 )
-from conveyor.carts.motrpac_queue import consume, queues
+from conveyor.carts.motrpac_queue import consume
 from conveyor.db.models import Cart, CartRequester, Job
+from conveyor.queues import dead_lettered
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
 from tests.support.bundles import JAPANESE_NAME, good_tar, make_tar, sha1
@@ -425,7 +426,7 @@ def queue_name() -> Iterator[str]:
 
 def publish(name: str, *bodies: bytes) -> None:
     """Declare the queues and publish each body as raw bytes."""
-    live, dead = queues(name)
+    live, dead = dead_lettered(name)
     with Connection(BROKER) as connection:
         channel = connection.default_channel
         dead.bind(channel).declare()
@@ -442,7 +443,7 @@ def publish(name: str, *bodies: bytes) -> None:
 
 def waiting(name: str) -> tuple[int, int]:
     """Messages ready in the live queue and in its dead-letter queue."""
-    live, dead = queues(name)
+    live, dead = dead_lettered(name)
     with Connection(BROKER) as connection:
         channel = connection.default_channel
         live_state: Any = live.bind(channel).queue_declare(passive=True)
@@ -481,7 +482,7 @@ def test_amqp_requests_are_recorded_acknowledged_and_garbage_dead_lettered(
         assert users == ["motrpac:ann@example.org", "motrpac:ben@example.org"]
     for key in zips:
         assert runtime.bundles.size(key)
-    _live, dead = queues(queue_name)
+    _live, dead = dead_lettered(queue_name)
     with Connection(BROKER) as connection:
         rejected: Any = dead.bind(connection.default_channel).get(no_ack=True)
         assert rejected is not None

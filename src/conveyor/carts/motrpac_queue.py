@@ -12,11 +12,12 @@ import logging
 import threading
 from typing import Any
 
-from kombu import Connection, Consumer, Exchange, Queue
+from kombu import Connection, Consumer
 
 from conveyor.auth.principal import Principal
 from conveyor.carts.motrpac import request_zip
 from conveyor.carts.motrpac_messages import BadMessage, decode_download
+from conveyor.queues import dead_lettered
 from conveyor.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -26,22 +27,6 @@ POLL_SECONDS = 1.0
 # The queue consumer is configured by an operator, so it reads what the archive holds
 # (narrowed by CONVEYOR_MOTRPAC_PROJECT when set).
 QUEUE_PRINCIPAL = Principal(user="motrpac", admin=True, authenticated=True)
-
-
-def queues(name: str) -> tuple[Queue, Queue]:
-    """The durable request queue, dead-lettering into ``NAME.dead``, and that queue."""
-    dead = Queue(f"{name}.dead", Exchange(""), routing_key=f"{name}.dead", durable=True)
-    live = Queue(
-        name,
-        Exchange(""),
-        routing_key=name,
-        durable=True,
-        queue_arguments={
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": f"{name}.dead",
-        },
-    )
-    return live, dead
 
 
 class RequestConsumer:
@@ -87,7 +72,7 @@ def consume(
     """Consume ``name`` on the broker at ``url`` until ``stop`` is set (or ``limit``
     messages are handled); how many were recorded."""
     handler = RequestConsumer(runtime)
-    live, dead = queues(name)
+    live, dead = dead_lettered(name)
     with Connection(url) as connection:
         channel = connection.default_channel
         dead.bind(channel).declare()

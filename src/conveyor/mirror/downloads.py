@@ -19,16 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import Table, bindparam, insert, or_, select, tuple_, update
 
 from conveyor.db.models import File, MirrorRun, MirrorRunFile, StagedBlob
 from conveyor.jobs.context import JobContext
 from conveyor.mirror import states
 from conveyor.mirror.definition import MirrorDefinition
 from conveyor.mirror.errors import MirrorError
-from conveyor.mirror.integrity import CorruptFile, sidecar_digest
+from conveyor.mirror.integrity import sidecar_digest
 from conveyor.mirror.retry import RetryPolicy, retry_policy
 from conveyor.mirror.sources import Source, open_source
 from conveyor.mirror.spec import SourceSpec
@@ -102,6 +102,7 @@ class Downloader:
         self._lock = threading.Lock()
         self._bytes_moved = 0
         self._sources: list[Source] = []
+        self._sidecars: dict[str, str] = {}
 
     def run(self) -> list[dict[str, str]]:
         """Download or reuse every pending file; the per-file errors."""
@@ -125,18 +126,33 @@ class Downloader:
 
     def _pass(self, sidecars: bool) -> list[dict[str, str]]:
         errors: list[dict[str, str]] = []
+        self._sidecars = {} if sidecars else self._fetched_sidecars()
         with ThreadPoolExecutor(self.definition.threads, "mirror-download") as pool:
             for batch in self._pending(sidecars):
                 if self.stopping.is_set():
                     break
                 priors = self._priors([row.save_as for row in batch])
-                for outcome in pool.map(functools.partial(self._one, priors=priors), batch):
-                    self._record(outcome)
-                    if outcome.state == states.FILE_FAILED:
-                        errors.append(
-                            {"item": _name_of(batch, outcome.row_id), "error": outcome.error}
-                        )
+                outcomes = list(pool.map(functools.partial(self._one, priors=priors), batch))
+                self._record(outcomes)
+                names = {row.id: row.save_as for row in batch}
+                errors += [
+                    {"item": names[outcome.row_id], "error": outcome.error}
+                    for outcome in outcomes
+                    if outcome.state == states.FILE_FAILED
+                ]
         return errors
+
+    def _fetched_sidecars(self) -> dict[str, str]:
+        """The blobs of the sidecars this run has, by the path of the file each describes."""
+        with self.runtime.db.session() as session:
+            rows = session.execute(
+                select(MirrorRunFile.save_as, MirrorRunFile.sha256).where(
+                    MirrorRunFile.run_id == self.run_id,
+                    MirrorRunFile.state.in_((states.FILE_DONE, states.FILE_REUSED)),
+                    or_(*(MirrorRunFile.save_as.endswith(suffix) for suffix in SIDECARS)),
+                )
+            ).all()
+        return {save_as: str(sha256) for save_as, sha256 in rows if sha256}
 
     def _pending(self, sidecars: bool) -> Iterator[list[MirrorRunFile]]:
         after = 0
@@ -205,15 +221,10 @@ class Downloader:
         return Outcome(row.id, states.FILE_DONE, fetched=fetched, crc32=stored)
 
     def _store(self, fetched: Fetched) -> int:
-        """Put the file into the archive and remove the local copy; its CRC-32."""
-        with fetched.path.open("rb") as handle:
-            blob = self.runtime.archive.put_chunks(
-                iter(lambda: handle.read(1 << 20), b""), ["crc32"]
-            )
-        fetched.path.unlink(missing_ok=True)
-        if blob.sha256 != fetched.sha256:
-            raise CorruptFile(f"{fetched.path.name} changed on disk before it was archived")
-        return int(blob.hashes["crc32"], 16)
+        """Hand the file to the archive (a rename when it can be); its CRC-32."""
+        hashes = {"sha256": fetched.sha256, "crc32": f"{fetched.crc32:08x}"}
+        self.runtime.archive.adopt(fetched.path, hashes)
+        return fetched.crc32
 
     def _source(self, index: int) -> Source:
         sources: dict[int, Source] | None = getattr(self._local, "sources", None)
@@ -234,14 +245,7 @@ class Downloader:
 
     def _sidecar_digest(self, save_as: str) -> tuple[str, str] | None:
         for suffix, algorithm in SIDECARS.items():
-            with self.runtime.db.session() as session:
-                sha256 = session.scalar(
-                    select(MirrorRunFile.sha256).where(
-                        MirrorRunFile.run_id == self.run_id,
-                        MirrorRunFile.save_as == save_as + suffix,
-                        MirrorRunFile.state.in_((states.FILE_DONE, states.FILE_REUSED)),
-                    )
-                )
+            sha256 = self._sidecars.get(save_as + suffix)
             if sha256:
                 with self.runtime.archive.open(sha256) as sidecar:
                     text = sidecar.read(MAX_SIDECAR_BYTES).decode("utf-8", "replace")
@@ -284,52 +288,43 @@ class Downloader:
                     )
         return found
 
-    def _record(self, outcome: Outcome) -> None:
-        if outcome.state == states.FILE_PENDING:
+    def _record(self, outcomes: list[Outcome]) -> None:
+        """Write a batch of outcomes in one transaction: rows, staged blobs, counters."""
+        settled = [outcome for outcome in outcomes if outcome.state != states.FILE_PENDING]
+        if not settled:
             return
-        values: dict[str, Any] = {
-            "state": outcome.state,
-            "error": outcome.error,
-            "attempts": outcome.attempts,
-        }
+        values = [_row_values(outcome) for outcome in settled]
+        counts = dict.fromkeys((states.FILE_DONE, states.FILE_REUSED, states.FILE_FAILED), 0)
+        for outcome in settled:
+            counts[outcome.state] += 1
         with self.runtime.db.session() as session:
-            if outcome.fetched is not None:
-                fetched = outcome.fetched
-                values.update(
-                    sha256=fetched.sha256,
-                    md5=fetched.md5,
-                    crc32=outcome.crc32,
-                    bytes_done=fetched.size,
-                    size=fetched.size,
-                    attempts=fetched.attempts,
-                )
-            if outcome.prior is not None:
-                prior = outcome.prior
-                values.update(
-                    sha256=prior.sha256, md5=prior.md5, crc32=prior.crc32, bytes_done=prior.size
-                )
-            session.execute(
-                update(MirrorRunFile).where(MirrorRunFile.id == outcome.row_id).values(**values)
+            # Core, not ORM: one executemany UPDATE keyed by row id.
+            table = cast(Table, MirrorRunFile.__table__)
+            session.connection().execute(
+                update(table).where(table.c.id == bindparam("row_id")), values
             )
-            sha256 = values.get("sha256")
-            if sha256:
-                # The blob stays alive until the release is published (or the run is dropped).
-                session.add(
-                    StagedBlob(
-                        job_id=self.context.job_id,
-                        name=str(outcome.row_id),
-                        sha256=sha256,
-                        size=int(values["bytes_done"]),
-                        created=outcome.fetched is not None,
-                    )
-                )
-            counter = {
-                states.FILE_DONE: MirrorRun.files_done,
-                states.FILE_REUSED: MirrorRun.files_reused,
-                states.FILE_FAILED: MirrorRun.files_failed,
-            }[outcome.state]
+            # The blobs stay alive until the release is published (or the run is dropped).
+            staged = [
+                {
+                    "job_id": self.context.job_id,
+                    "name": str(row["row_id"]),
+                    "sha256": row["sha256"],
+                    "size": row["bytes_done"],
+                    "created": outcome.fetched is not None,
+                }
+                for row, outcome in zip(values, settled, strict=True)
+                if row["sha256"]
+            ]
+            if staged:
+                session.execute(insert(StagedBlob), staged)
             session.execute(
-                update(MirrorRun).where(MirrorRun.id == self.run_id).values({counter: counter + 1})
+                update(MirrorRun)
+                .where(MirrorRun.id == self.run_id)
+                .values(
+                    files_done=MirrorRun.files_done + counts[states.FILE_DONE],
+                    files_reused=MirrorRun.files_reused + counts[states.FILE_REUSED],
+                    files_failed=MirrorRun.files_failed + counts[states.FILE_FAILED],
+                )
             )
 
     def _monitor(self) -> None:
@@ -377,5 +372,28 @@ def _unchanged(row: MirrorRunFile, prior: Prior) -> bool:
     return row.mtime is not None and prior.mtime is not None and row.mtime == prior.mtime
 
 
-def _name_of(batch: list[MirrorRunFile], row_id: int) -> str:
-    return next(row.save_as for row in batch if row.id == row_id)
+def _row_values(outcome: Outcome) -> dict[str, Any]:
+    """The columns an outcome sets on its file row (every row of a batch sets all of them)."""
+    values: dict[str, Any] = {
+        "row_id": outcome.row_id,
+        "state": outcome.state,
+        "error": outcome.error,
+        "attempts": outcome.attempts,
+        "sha256": None,
+        "md5": None,
+        "crc32": None,
+        "bytes_done": 0,
+    }
+    if outcome.fetched is not None:
+        fetched = outcome.fetched
+        values.update(
+            sha256=fetched.sha256,
+            md5=fetched.md5,
+            crc32=outcome.crc32,
+            bytes_done=fetched.size,
+            attempts=fetched.attempts,
+        )
+    if outcome.prior is not None:
+        prior = outcome.prior
+        values.update(sha256=prior.sha256, md5=prior.md5, crc32=prior.crc32, bytes_done=prior.size)
+    return values

@@ -441,15 +441,52 @@ def _retry_fields(bank: _Bank, listed: Mapping[str, str]) -> dict[str, str]:
 
 
 def _boolean(bank: _Bank, key: str, value: str) -> bool:
-    # BioMAJ takes anything but 'true' and '1' as false, so that a typo such as
-    # ssl_verifypeer=ture silently turns checks off: we refuse what is not a boolean, and
-    # read 'yes' and 'no' as meant (BioMAJ reads 'yes' as false).
+    try:
+        return parse_boolean(value)
+    except ValueError as error:
+        raise bank.error(key, str(error)) from None
+
+
+def parse_boolean(value: str) -> bool:
+    """A BioMAJ boolean option, strictly.
+
+    BioMAJ takes anything but 'true' and '1' as false, so that a typo such as
+    ssl_verifypeer=ture silently turns checks off: we refuse what is not a boolean, and read
+    'yes' and 'no' as meant (BioMAJ reads 'yes' as false).
+    """
     word = value.lower()
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:
         return False
-    raise bank.error(key, f"{value!r} is not a boolean: write true or false (or 1, 0, yes, no)")
+    raise ValueError(f"{value!r} is not a boolean: write true or false (or 1, 0, yes, no)")
+
+
+def options_from_map(values: Mapping[str, str]) -> tuple[SourceOptions, str | None, str | None]:
+    """Download options as a BioMAJ message carries them (the ``options`` map): the source
+    options, the stop condition and the wait policy. Raises DefinitionError."""
+    fields: dict[str, object] = {}
+    for option, value in values.items():
+        if option not in KNOWN_OPTIONS:
+            known = ", ".join(sorted(KNOWN_OPTIONS))
+            raise DefinitionError(f"unknown download option {option!r} (known: {known})")
+        if option in BOOLEAN_OPTIONS:
+            try:
+                fields[option] = parse_boolean(value)
+            except ValueError as error:
+                raise DefinitionError(f"option {option}: {error}") from None
+        elif option not in RETRY_OPTIONS:
+            fields[option] = value
+    try:
+        options = SourceOptions.model_validate(fields)
+    except ValidationError as error:
+        raise DefinitionError(describe(error)) from None
+    stop, wait = values.get("stop_condition"), values.get("wait_policy")
+    if stop:
+        parse_stop(stop)
+    if wait:
+        parse_wait(wait)
+    return options, stop, wait
 
 
 # --- release ----------------------------------------------------------------------------------

@@ -424,11 +424,15 @@ class RetryPolicy:
 
     stop: str
     wait: str
+    _stop: stop_base = field(init=False, repr=False, compare=False)
+    _wait: wait_base = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # So that a bad policy fails when the mirror is defined, not at its first failure.
-        parse_stop(self.stop)
-        parse_wait(self.wait)
+        # Parsed once: a bad policy fails when the mirror is defined, not at its first
+        # failure, and a run of 10,000 files does not parse it 10,000 times. tenacity's
+        # stop and wait objects keep no state between calls, so they are shared.
+        object.__setattr__(self, "_stop", parse_stop(self.stop))
+        object.__setattr__(self, "_wait", parse_wait(self.wait))
 
     def retrying(
         self,
@@ -439,11 +443,7 @@ class RetryPolicy:
     ) -> tenacity.Retrying:
         """A fresh :class:`tenacity.Retrying`, so that its statistics are one file's alone."""
         return tenacity.Retrying(
-            stop=parse_stop(self.stop),
-            wait=parse_wait(self.wait),
-            retry=retry,
-            sleep=sleep,
-            reraise=reraise,
+            stop=self._stop, wait=self._wait, retry=retry, sleep=sleep, reraise=reraise
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class Fetched:
     size: int
     sha256: str
     md5: str
+    crc32: int
     attempts: int
     resumed: int
 
@@ -115,11 +117,13 @@ class _Digests:
     def __init__(self) -> None:
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False)
+        self.crc32 = 0
         self.size = 0
 
     def update(self, chunk: bytes) -> None:
         self.sha256.update(chunk)
         self.md5.update(chunk)
+        self.crc32 = zlib.crc32(chunk, self.crc32)
         self.size += len(chunk)
 
 
@@ -165,6 +169,7 @@ def fetch(
         digests.size,
         digests.sha256.hexdigest(),
         digests.md5.hexdigest(),
+        digests.crc32,
         attempts=retrying.statistics.get("attempt_number", 1),
         resumed=progress.resumed,
     )

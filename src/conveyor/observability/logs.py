@@ -40,3 +40,6 @@ def configure_logging(fmt: str, level: str) -> None:
         logger.propagate = True
     # No line per request: request metrics and traces say more, at a fraction of the cost.
     logging.getLogger("uvicorn.access").propagate = False
+    # Nor per request Conveyor makes (a mirror run of 10,000 files would log 10,000 lines).
+    for name in ("httpx", "httpcore", "paramiko.transport"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -41,3 +41,12 @@ MIRROR_DOWNLOAD_SECONDS = Counter(
 MIRROR_REUSED = Counter(
     "conveyor_mirror_reused_total", "Files a mirror run took from an earlier release", ["mirror"]
 )
+# The BioMAJ download service's own counters, under its names, for its dashboards.
+BIOMAJ_DOWNLOADS = Counter("biomaj_download_total", "Bank total download.", ["bank"])
+BIOMAJ_DOWNLOAD_ERRORS = Counter("biomaj_download_errors", "Bank total download errors.", ["bank"])
+BIOMAJ_FILE_SIZE = Counter(
+    "biomaj_download_file_size", "Bank download file size in bytes.", ["bank", "host"]
+)
+BIOMAJ_FILE_TIME = Counter(
+    "biomaj_download_file_time", "Bank download file time in seconds.", ["bank", "host"]
+)

@@ -12,6 +12,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
@@ -117,17 +118,9 @@ class BlobWriter:
             raise ArchiveError(f"cannot publish a blob: {publish_error}") from publish_error
 
     def _publish(self) -> StoredBlob:
-        store = self._archive.store
-        store.check_written(self._temp_key, self._size)
-        digest = self._sha256.hexdigest()
         hashes = {name: hasher.hexdigest() for name, hasher in self._extra.items()}
-        hashes["sha256"] = digest
-        final = blob_key(digest)
-        if store.size(final) == self._size:
-            store.delete(self._temp_key)
-            return StoredBlob(digest, self._size, hashes, created=False)
-        store.publish(self._temp_key, final)
-        return StoredBlob(digest, self._size, hashes, created=True)
+        hashes["sha256"] = self._sha256.hexdigest()
+        return self._archive.publish_temp(self._temp_key, self._size, hashes)
 
 
 class Archive:
@@ -152,6 +145,48 @@ class Archive:
                 writer.write(chunk)
         assert writer.result is not None
         return writer.result
+
+    def publish_temp(self, temp: str, size: int, hashes: dict[str, str]) -> StoredBlob:
+        """Give a finished temporary object its name (``hashes["sha256"]``), unless the
+        archive holds that blob already."""
+        self.store.check_written(temp, size)
+        digest = hashes["sha256"]
+        final = blob_key(digest)
+        if self.store.size(final) == size:
+            self.store.delete(temp)
+            return StoredBlob(digest, size, hashes, created=False)
+        self.store.publish(temp, final)
+        return StoredBlob(digest, size, hashes, created=True)
+
+    def adopt(self, path: Path, hashes: dict[str, str]) -> StoredBlob:
+        """Take in a finished local file whose ``sha256`` (and ``crc32``) are known.
+
+        A folder archive on the same filesystem gets it by a rename, without copying a
+        byte; any other store streams it. The file is gone afterwards either way.
+        """
+        size = path.stat().st_size
+        temp = temp_key()
+        target = self.store.local_path(temp)
+        if target is not None:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target)
+            except OSError:
+                target = None
+        if target is None:
+            with path.open("rb") as handle:
+                blob = self.put_chunks(iter(lambda: handle.read(CHUNK_SIZE), b""))
+            path.unlink(missing_ok=True)
+            if blob.sha256 != hashes["sha256"]:
+                raise ArchiveError(f"{path.name} changed on disk before it was archived")
+            return blob
+        try:
+            return self.publish_temp(temp, size, hashes)
+        except ArchiveError:
+            raise
+        except Exception as error:
+            self.store.discard(temp)
+            raise ArchiveError(f"cannot publish a blob: {error}") from error
 
     def put_bytes(self, data: bytes) -> StoredBlob:
         """Store a small blob held in memory."""

@@ -17,6 +17,7 @@ from conveyor.runtime import Runtime
 from conveyor.web import health, problems
 from conveyor.web.api_v1 import admin, carts, ingest, jobs, mirrors, transactions
 from conveyor.web.compat import (
+    biomaj_download,
     motrpac,
     pacifica_archive,
     pacifica_cartd,
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for router in (
         carts.router,
         mirrors.router,
+        biomaj_download.router,
         pacifica_cartd.router,
         jobs.router,
         pacifica_ingest.router,

@@ -1,0 +1,193 @@
+"""Mirror benchmark: Conveyor's mirror runs next to `rclone copy` and `lftp mirror`.
+
+Two data sets, 1,000 files of 100 KiB and 4 files of 256 MiB, served from loopback FTP,
+HTTP (nginx-style index) and SFTP servers (the test suite's pyftpdlib, http.server and
+asyncssh servers, one process each, so every client meets the same server). For each
+protocol and data set: `rclone copy --transfers 4`, `lftp mirror --parallel=4` (FTP and
+HTTP), and a Conveyor mirror run with 4 threads on the embedded default (`conveyor serve`),
+timed from the run request until the release is published, archive writes included.
+Page cache is warm for every client (the servers read files the previous client read).
+Conveyor's server peak RSS is reported per data set: it must not grow with file count.
+
+    .venv/bin/python bench/mirror/run.py [--workdir DIR] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import MIB, bench_arguments, peak_rss_mb, start_server
+from tests.support.mirror_servers import ServerInfo, ftp_server, http_server, sftp_server
+
+SETS = {"1,000 x 100 KiB": (1000, 100 * 1024), "4 x 256 MiB": (4, 256 * MIB)}
+THREADS = 4
+
+
+def make_files(root: Path, count: int, size: int) -> Path:
+    """``count`` files of ``size`` random bytes in 10 folders."""
+    if root.exists():
+        return root
+    for index in range(count):
+        folder = root / f"d{index % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / f"f{index:05d}.bin").open("wb") as out:
+            left = size
+            while left:
+                chunk = min(left, 4 * MIB)
+                out.write(os.urandom(chunk))
+                left -= chunk
+    return root
+
+
+@contextmanager
+def serve(protocol: str, root: Path) -> Iterator[ServerInfo]:
+    """The loopback server of ``protocol`` over ``root``."""
+    if protocol == "ftp":
+        with ftp_server(root) as info:
+            yield info
+    elif protocol == "http":
+        with http_server(root, index_style="nginx") as info:
+            yield info
+    else:
+        with sftp_server(root) as info:
+            yield info
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> float:
+    """Seconds for a command to finish (it must succeed)."""
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def rclone(protocol: str, info: ServerInfo, dest: Path, known_hosts: Path) -> float:
+    """`rclone copy` of the whole tree with 4 transfers."""
+    password = subprocess.run(
+        ["rclone", "obscure", info.password or ""], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    remote = {
+        "ftp": f":ftp,host={info.host},port={info.port},user={info.user},pass={password}:/",
+        "http": f":http,url='http://{info.host}:{info.port}/':",
+        "sftp": (
+            f":sftp,host={info.host},port={info.port},user={info.user},pass={password},"
+            f"known_hosts_file={known_hosts}:/"
+        ),
+    }[protocol]
+    return timed(
+        ["rclone", "copy", "--transfers", str(THREADS), "--config", "/dev/null", remote, str(dest)]
+    )
+
+
+def lftp(protocol: str, info: ServerInfo, dest: Path) -> float:
+    """`lftp mirror --parallel=4` of the whole tree."""
+    if protocol == "ftp":
+        script = f"open -u {info.user},{info.password} -p {info.port} {info.host}; "
+    else:
+        script = f"open http://{info.host}:{info.port}/; "
+    script += f"mirror --parallel={THREADS} / {dest}; quit"
+    return timed(["lftp", "-c", script])
+
+
+def conveyor(url: str, protocol: str, info: ServerInfo, known_hosts: Path, name: str) -> float:
+    """A mirror run from the request until its release is published."""
+    source: dict[str, object] = {
+        "protocol": protocol,
+        "server": f"{info.host}:{info.port}",
+        "remote_dir": "/",
+    }
+    if info.user:
+        source["credentials"] = {"user": info.user, "password": info.password}
+    if protocol == "sftp":
+        source["options"] = {"ssh_hosts_file": str(known_hosts)}
+    definition = {
+        "name": name,
+        "source": source,
+        "remote_files": ["**/*"],
+        "threads": THREADS,
+        "release": {"format": f"{name}-%Y%m%d%H%M%S"},
+    }
+    answer = httpx.post(f"{url}/api/v1/mirrors", json=definition, timeout=30)
+    answer.raise_for_status()
+    started = time.perf_counter()
+    run = httpx.post(f"{url}/api/v1/mirrors/{name}/runs", timeout=30).json()
+    while run["state"] not in ("published", "up_to_date", "failed", "cancelled"):
+        time.sleep(0.05)
+        run = httpx.get(f"{url}/api/v1/mirror-runs/{run['id']}", timeout=30).json()
+    elapsed = time.perf_counter() - started
+    if run["state"] != "published":
+        raise RuntimeError(f"mirror run failed: {run}")
+    return elapsed
+
+
+def median_of(repeat: int, once: Callable[[int], float]) -> float:
+    """The median of ``repeat`` timings; ``once`` gets the repetition number."""
+    return statistics.median(once(number) for number in range(repeat))
+
+
+def compare(
+    url: str, protocol: str, tree: Path, work: Path, prefix: str, repeat: int
+) -> tuple[float, float, float]:
+    """Median seconds of rclone, lftp (FTP and HTTP only) and Conveyor on one server."""
+    with serve(protocol, tree) as info:
+        known = work / "known_hosts"
+        known.write_text(f"{info.known_hosts_line or ''}\n")
+
+        def fresh(name: str) -> Path:
+            dest = work / "dest" / name
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            return dest
+
+        clone = median_of(repeat, lambda n: rclone(protocol, info, fresh(f"rclone{n}"), known))
+        mirror = float("nan")
+        if protocol != "sftp":
+            mirror = median_of(repeat, lambda n: lftp(protocol, info, fresh(f"lftp{n}")))
+        ours = median_of(
+            repeat, lambda n: conveyor(url, protocol, info, known, f"{prefix}-{protocol}-{n}")
+        )
+    shutil.rmtree(work / "dest", ignore_errors=True)
+    return clone, mirror, ours
+
+
+def main() -> None:
+    work, repeat = bench_arguments(__doc__)
+    # The loopback servers log every command at INFO; only the figures matter here.
+    logging.disable(logging.INFO)
+    data_dir = work / "server"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    server = start_server(data_dir, 18200)
+    url = "http://127.0.0.1:18200"
+    print(
+        f"{'set':18} {'proto':5} {'rclone s':>9} {'lftp s':>7} {'conveyor s':>10} "
+        f"{'vs rclone':>9} {'MB/s':>6} {'RSS MB':>7}"
+    )
+    try:
+        for label, (count, size) in SETS.items():
+            tree = make_files(work / f"set-{count}", count, size)
+            total_mb = count * size / MIB
+            for protocol in ("ftp", "http", "sftp"):
+                clone, mirror, ours = compare(url, protocol, tree, work, f"b{count}", repeat)
+                print(
+                    f"{label:18} {protocol:5} {clone:9.2f} {mirror:7.2f} {ours:10.2f} "
+                    f"{clone / ours:9.2f} {total_mb / ours:6.0f} {peak_rss_mb(server.pid):7.0f}"
+                )
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()

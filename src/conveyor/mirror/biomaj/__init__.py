@@ -1,0 +1,1 @@
+"""Standing in for the BioMAJ download service: its queue messages, Redis keys and web API."""
