@@ -12,18 +12,15 @@ import logging
 import threading
 from typing import Any
 
-from kombu import Connection, Consumer
-
 from conveyor.auth.principal import Principal
 from conveyor.carts.motrpac import request_zip
 from conveyor.carts.motrpac_messages import BadMessage, decode_download
-from conveyor.queues import dead_lettered
+from conveyor.queues import serve_queue
 from conveyor.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 PREFETCH = 8
-POLL_SECONDS = 1.0
 # The queue consumer is configured by an operator, so it reads what the archive holds
 # (narrowed by CONVEYOR_MOTRPAC_PROJECT when set).
 QUEUE_PRINCIPAL = Principal(user="motrpac", admin=True, authenticated=True)
@@ -72,17 +69,12 @@ def consume(
     """Consume ``name`` on the broker at ``url`` until ``stop`` is set (or ``limit``
     messages are handled); how many were recorded."""
     handler = RequestConsumer(runtime)
-    live, dead = dead_lettered(name)
-    with Connection(url) as connection:
-        channel = connection.default_channel
-        dead.bind(channel).declare()
-        live.bind(channel).declare()
-        consumer = Consumer(channel, queues=[live], on_message=handler, accept=None)
-        consumer.qos(prefetch_count=PREFETCH)
-        with consumer:
-            while not stop.is_set() and (limit is None or handler.handled < limit):
-                try:
-                    connection.drain_events(timeout=POLL_SECONDS)
-                except TimeoutError:
-                    continue
+    serve_queue(
+        url,
+        name,
+        handler,
+        stop,
+        prefetch=PREFETCH,
+        keep_going=lambda: limit is None or handler.handled < limit,
+    )
     return handler.handled

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli.common import die, err, settings_or_die
+from conveyor.cli.common import amqp_url_or_die, die, err, settings_or_die
 from conveyor.observability.logs import configure_logging
 
 biomaj_app = typer.Typer(help="BioMAJ's download service.", no_args_is_help=True)
@@ -38,9 +38,7 @@ def consume(
 
     settings = settings_or_die()
     configure_logging(settings.log_format, settings.log_level)
-    url = broker or settings.broker_url
-    if not url.startswith(("amqp://", "amqps://", "pyamqp://")):
-        die("biomaj consume needs an AMQP broker: --broker amqp://… or CONVEYOR_BROKER_URL")
+    url = amqp_url_or_die(broker, settings, "biomaj consume")
     redis_url = redis or settings.biomaj_redis_url
     if not redis_url:
         die("biomaj consume needs BioMAJ's Redis: --redis redis://… or CONVEYOR_BIOMAJ_REDIS_URL")

@@ -39,3 +39,11 @@ def print_json(value: Any) -> None:
 
 
 UNAVAILABLE = (DatabaseUnavailable,)
+
+
+def amqp_url_or_die(broker: str | None, settings: Settings, command: str) -> str:
+    """The AMQP URL a queue consumer reads from: ``--broker``, else the configured broker."""
+    url = broker or settings.broker_url
+    if not url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        die(f"{command} needs an AMQP broker: --broker amqp://… or CONVEYOR_BROKER_URL")
+    return url

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli.common import UNAVAILABLE, die, settings_or_die
+from conveyor.cli.common import UNAVAILABLE, amqp_url_or_die, die, settings_or_die
 from conveyor.observability.logs import configure_logging
 
 motrpac_app = typer.Typer(help="MoTrPAC zip requests.", no_args_is_help=True)
@@ -27,9 +27,7 @@ def consume(
 
     settings = settings_or_die()
     configure_logging(settings.log_format, settings.log_level)
-    url = broker or settings.broker_url
-    if not url.startswith(("amqp://", "amqps://", "pyamqp://")):
-        die("motrpac consume needs an AMQP broker: --broker amqp://… or CONVEYOR_BROKER_URL")
+    url = amqp_url_or_die(broker, settings, "motrpac consume")
     try:
         runtime = Runtime.open(settings)
     except UNAVAILABLE as exc:

@@ -14,6 +14,11 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+def iso_z(value: datetime | None) -> str | None:
+    """A UTC time as ISO 8601 with a ``Z``, as the APIs show times."""
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
     return datetime.now(UTC)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
 from conveyor.db.models import Mirror, MirrorRun, MirrorRunFile
-from conveyor.db.types import utcnow
+from conveyor.db.types import iso_z, utcnow
 from conveyor.errors import Conflict, NotFound
 from conveyor.jobs.service import create_job
 from conveyor.mirror import states
@@ -203,10 +202,6 @@ def _active_run(session: Session, mirror_id: int) -> MirrorRun | None:
     ).one_or_none()
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
 def mirror_view(runtime: Runtime, mirror: Mirror) -> dict[str, Any]:
     """A mirror in the API: its definition with passwords shown as stars."""
     definition = definition_of(runtime, mirror)
@@ -217,9 +212,9 @@ def mirror_view(runtime: Runtime, mirror: Mirror) -> dict[str, Any]:
         "definition": definition.model_dump(mode="json"),
         "last_release": mirror.last_release,
         "last_transaction_id": mirror.last_transaction_id,
-        "next_run": _iso(mirror.next_run_at),
-        "created": _iso(mirror.created_at),
-        "updated": _iso(mirror.updated_at),
+        "next_run": iso_z(mirror.next_run_at),
+        "created": iso_z(mirror.created_at),
+        "updated": iso_z(mirror.updated_at),
     }
 
 
@@ -245,8 +240,8 @@ def run_view(run: MirrorRun, name: str) -> dict[str, Any]:
         "error": run.error,
         "cancel_requested": run.cancel_requested,
         "transaction_id": run.transaction_id,
-        "created": _iso(run.created_at),
-        "finished": _iso(run.finished_at),
+        "created": iso_z(run.created_at),
+        "finished": iso_z(run.finished_at),
     }
 
 
@@ -258,7 +253,7 @@ def file_view(row: MirrorRunFile) -> dict[str, Any]:
         "save_as": row.save_as,
         "url": row.url,
         "size": row.size,
-        "mtime": _iso(row.mtime),
+        "mtime": iso_z(row.mtime),
         "state": row.state,
         "bytes_done": row.bytes_done,
         "attempts": row.attempts,

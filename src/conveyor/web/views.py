@@ -8,11 +8,8 @@ from typing import Any
 from sqlalchemy import Row
 
 from conveyor.db.models import Cart, File, Job, Transaction
+from conveyor.db.types import iso_z
 from conveyor.jobs import states
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -29,9 +26,9 @@ def job_view(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "owner": job.owner,
         "transaction_id": job.transaction_id,
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso_z(job.created_at),
+        "updated_at": iso_z(job.updated_at),
+        "finished_at": iso_z(job.finished_at),
     }
 
 
@@ -65,8 +62,8 @@ def file_view(row: File) -> dict[str, Any]:
         "sha256": row.sha256,
         "crc32": f"{row.crc32:08x}" if row.crc32 is not None else None,
         "mimetype": row.mimetype,
-        "mtime": _iso(row.mtime),
-        "ctime": _iso(row.ctime),
+        "mtime": iso_z(row.mtime),
+        "ctime": iso_z(row.ctime),
         "hashtype": row.hashtype,
         "hashsum": row.hashsum,
         "source": row.source,
@@ -82,7 +79,7 @@ def transaction_view(row: Transaction) -> dict[str, Any]:
         "project": row.project,
         "instrument": row.instrument,
         "job_id": row.job_id,
-        "created_at": _iso(row.created_at),
+        "created_at": iso_z(row.created_at),
         "file_count": row.file_count,
         "total_size": row.total_size,
         "key_values": [{"key": kv.key, "value": kv.value} for kv in row.key_values],
@@ -104,8 +101,8 @@ def cart_view(cart: Cart | Row[Any]) -> dict[str, Any]:
         "item_errors": cart.item_errors,
         "etag": cart.etag,
         "job_id": cart.job_id,
-        "created_at": _iso(cart.created_at),
-        "ready_at": _iso(cart.ready_at),
-        "expires_at": _iso(cart.expires_at),
+        "created_at": iso_z(cart.created_at),
+        "ready_at": iso_z(cart.ready_at),
+        "expires_at": iso_z(cart.expires_at),
         "bundle": f"/api/v1/carts/{cart.id}/bundle",
     }

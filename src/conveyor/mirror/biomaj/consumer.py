@@ -9,7 +9,6 @@ outcome: it is recorded and acknowledged, as BioMAJ's client expects.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import socket
@@ -22,19 +21,17 @@ from typing import Any
 import httpx
 import redis
 from google.protobuf.message import DecodeError
-from kombu import Connection, Consumer
 
 from conveyor.mirror.biomaj.downloads import FileResult, download_operation
 from conveyor.mirror.biomaj.messages import DOWNLOAD, Operation
 from conveyor.mirror.biomaj.sessions import DownloadSessions
 from conveyor.mirror.transfer import HostGate
 from conveyor.observability import metrics
-from conveyor.queues import dead_lettered
+from conveyor.queues import serve_queue
 
 log = logging.getLogger(__name__)
 
 QUEUE = "biomajdownload"
-POLL_SECONDS = 0.5
 RETRY_PAUSE_SECONDS = 1.0
 
 
@@ -180,21 +177,22 @@ def consume(
 ) -> int:
     """Serve ``name`` until ``stop`` is set (or ``limit`` messages are settled)."""
     handler = OperationConsumer(sessions, threads, metrics_url)
-    live, dead = dead_lettered(name)
+
+    def finish() -> None:
+        handler.close()
+        handler.settle()
+
     try:
-        with Connection(url) as connection:
-            channel = connection.default_channel
-            dead.bind(channel).declare()
-            live.bind(channel).declare()
-            consumer = Consumer(channel, queues=[live], on_message=handler, accept=None)
-            consumer.qos(prefetch_count=threads)
-            with consumer:
-                while not stop.is_set() and (limit is None or handler.handled < limit):
-                    with contextlib.suppress(TimeoutError):
-                        connection.drain_events(timeout=POLL_SECONDS)
-                    handler.settle()
-            handler.close()
-            handler.settle()
+        serve_queue(
+            url,
+            name,
+            handler,
+            stop,
+            prefetch=threads,
+            keep_going=lambda: limit is None or handler.handled < limit,
+            between=handler.settle,
+            finish=finish,
+        )
     finally:
         handler.pool.shutdown(wait=False, cancel_futures=True)
     return handler.handled
