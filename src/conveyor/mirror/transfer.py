@@ -160,6 +160,8 @@ def fetch(
                 )
     except MirrorError as error:
         error.attempts = retrying.statistics.get("attempt_number", 1)
+        if part.exists() and part.stat().st_size == 0:
+            part.unlink()  # nothing to resume from
         raise
     gate.succeeded()
     part.replace(wanted.target)

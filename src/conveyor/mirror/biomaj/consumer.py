@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from conveyor.mirror.biomaj.downloads import FileResult, download_operation
 from conveyor.mirror.biomaj.messages import DOWNLOAD, Operation
-from conveyor.mirror.biomaj.sessions import DownloadSessions
+from conveyor.mirror.biomaj.sessions import BadName, DownloadSessions
 from conveyor.mirror.transfer import HostGate
 from conveyor.observability import metrics
 from conveyor.queues import serve_queue
@@ -60,6 +60,12 @@ def decode_operation(body: bytes) -> Any:
     if not operation.IsInitialized():
         missing = ", ".join(operation.FindInitializationErrors())
         raise BadOperation(f"an Operation without its required fields: {missing}")
+    if not operation.HasField("download"):
+        raise BadOperation("an Operation without its download part names no bank or session")
+    try:
+        DownloadSessions.check_names(operation.download.bank, operation.download.session)
+    except BadName as error:
+        raise BadOperation(str(error)) from None
     return operation
 
 
@@ -101,12 +107,19 @@ class OperationConsumer:
             log.info("session %s of %s is gone; skipped", download.session, download.bank)
             self.finished.put(Finished(message, operation, "gone"))
             return
+        try:
+            results = self._download(operation)
+        except Exception as error:
+            # Whatever went wrong is this message's outcome: it is recorded, never lost.
+            log.exception("a BioMAJ download failed unexpectedly")
+            results = [FileResult("operation", "", error=f"internal error: {error}")]
+        self.finished.put(Finished(message, operation, "done", results))
+
+    def _download(self, operation: Any) -> list[FileResult]:
         if operation.type != DOWNLOAD:
             reason = "only DOWNLOAD operations are served (LIST and PROCESS are not)"
-            results = [FileResult("operation", "", error=reason)]
-        else:
-            results = download_operation(download, gates=self.gates, threads=self.threads)
-        self.finished.put(Finished(message, operation, "done", results))
+            return [FileResult("operation", "", error=reason)]
+        return download_operation(operation.download, gates=self.gates, threads=self.threads)
 
     def settle(self) -> None:
         """Record and acknowledge what finished (called in the broker thread)."""

@@ -132,5 +132,8 @@ def _set_remote_date(target: Path, metadata: Any) -> None:
     # BioMAJ stamps a download with the remote date (day precision, midnight local time),
     # which its reuse of unchanged files compares.
     if metadata.year and metadata.month and metadata.day:
-        stamp = datetime(metadata.year, metadata.month, metadata.day).timestamp()
-        os.utime(target, (stamp, stamp))
+        try:
+            stamp = datetime(metadata.year, metadata.month, metadata.day).timestamp()
+            os.utime(target, (stamp, stamp))
+        except (ValueError, OverflowError, OSError):
+            return  # an impossible date in a message leaves the download's own time

@@ -32,13 +32,18 @@ class DownloadSessions:
         """Sessions in the Redis at ``url``."""
         return cls(redis.Redis.from_url(url, decode_responses=True), prefix)
 
-    def key(self, bank: str, session: str, suffix: str = "") -> str:
-        """The key of one of a session's values."""
+    @staticmethod
+    def check_names(bank: str, session: str) -> None:
+        """Raise :class:`BadName` unless both make a well-formed key."""
         for name, value in (("bank", bank), ("session", session)):
             if not value or ":" in value or any(ord(c) < 32 for c in value):
                 raise BadName(
                     f"{name} {value!r} must be non-empty, without ':' or control characters"
                 )
+
+    def key(self, bank: str, session: str, suffix: str = "") -> str:
+        """The key of one of a session's values."""
+        self.check_names(bank, session)
         return f"{self.prefix}:{bank}:session:{session}{suffix}"
 
     def create(self, bank: str) -> str:

@@ -121,7 +121,7 @@ class FtpSource(Source):
 
     def _failure(self, error: BaseException) -> SourceError:
         """A SourceError for ``error``; the connection is dropped unless the reply was a 5xx."""
-        where = f"{self.spec.protocol}://{self.spec.host}"
+        where = f"{self.spec.protocol}://{self.spec.server.rsplit('@', 1)[-1]}"
         if isinstance(error, ftplib.error_perm):
             text = str(error).strip()
             return SourceError(text if text[:3].isdigit() else f"{where}: {text}", permanent=True)
