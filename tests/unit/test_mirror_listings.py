@@ -332,7 +332,7 @@ def test_biomaj_rules_without_sizes_and_with_a_date_format() -> None:
     page = '<a href="sub/">sub/</a>\n<a href="a.gz">a.gz</a>  2024/01/03\n'
     assert _summary(parse_index([page], rules=rules, now=NOW)) == [
         ("sub", True, None, None, NOW),
-        ("a.gz", False, 0, None, _at(2024, 1, 3)),
+        ("a.gz", False, None, None, _at(2024, 1, 3)),
     ]
 
 
@@ -352,8 +352,8 @@ def test_biomaj_rules_without_dates() -> None:
     ("fields", "message"),
     [
         ({"dir_line": "(unclosed"}, "http.parse.dir.line is not a regular expression"),
-        ({"file_size": 4}, "http.file.size is 4: its expression allows -1 or 1 to 3"),
-        ({"file_name": -1}, "http.file.name is -1: its expression allows 1 to 3"),
+        ({"file_size": 4}, "http.group.file.size is 4: its expression allows -1 or 1 to 3"),
+        ({"file_name": -1}, "http.group.file.name is -1: its expression allows 1 to 3"),
     ],
 )
 def test_invalid_biomaj_rules(fields: dict[str, object], message: str) -> None:

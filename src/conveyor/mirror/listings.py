@@ -334,7 +334,7 @@ def _check_group(setting: str, number: int, groups: int, *, may_lack: bool) -> N
     """Reject a group number its expression does not have (``-1``: none, where allowed)."""
     if not (1 <= number <= groups or (may_lack and number == -1)):
         allowed = f"-1 or 1 to {groups}" if may_lack else f"1 to {groups}"
-        raise DefinitionError(f"http.{setting} is {number}: its expression allows {allowed}")
+        raise DefinitionError(f"http.group.{setting} is {number}: its expression allows {allowed}")
 
 
 #: BioMAJ's default ``http.parse.*`` settings, for Apache ``<pre>`` indexes.
@@ -561,7 +561,8 @@ def _ruled_file(
         return None
     date_text = _group(match, rules.file_date)
     mtime = _ruled_date(date_text, rules.file_date_format) if date_text else now
-    return _http_entry(found[0], False, mtime, date_text, _group(match, rules.file_size) or "0")
+    # BioMAJ reads a missing size group as 0; unknown is what it is, and the transfer tells.
+    return _http_entry(found[0], False, mtime, date_text, _group(match, rules.file_size))
 
 
 def _group(match: re.Match[str], number: int) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import tenacity
@@ -46,6 +48,7 @@ from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import MirrorError, SourceError
 from conveyor.mirror.matching import compile_patterns, path_selected, select_files
 from conveyor.mirror.release import release_from_dates, release_from_source
+from conveyor.mirror.remote_list import read_remote_list
 from conveyor.mirror.retry import retry_policy
 from conveyor.mirror.service import KIND_MIRROR_RUN, definition_of
 from conveyor.mirror.sources import open_source
@@ -62,6 +65,8 @@ INSERT_BATCH = 1000
 MAX_ITEM_ERRORS = 100
 RELEASE_PUBLISHED = "org.conveyor.mirror.release.published"
 RELEASE_FAILED = "org.conveyor.mirror.release.failed"
+# BioMAJ's suffix for a second local release of one remote release (release.control).
+LOCAL_SUFFIX = re.compile(r"__\d+$")
 
 
 MIRROR_SCHEDULES = "conveyor.mirror_schedules"
@@ -134,6 +139,10 @@ class MirrorRunner:
             raise RunCancelled("the run was cancelled before it started")
         with self.context.step(LIST_TASK):
             self._set_state(states.LISTING)
+            if self.definition.remote_list and not Path(self.definition.remote_list).exists():
+                # BioMAJ: no list file, no new release.
+                self._up_to_date()
+                return
             if not self.listed:
                 self._list_with_retries()
         with self.context.step(RELEASE_TASK):
@@ -205,7 +214,11 @@ class MirrorRunner:
 
     def _selected(self) -> Iterator[dict[str, Any]]:
         definition = self.definition
-        if definition.source is not None:
+        if definition.remote_list is not None:
+            folder = definition.source.remote_dir if definition.source else "/"
+            for path, save_as, entry in read_remote_list(definition.remote_list, folder):
+                yield self._row(0, path, save_as, entry)
+        elif definition.source is not None:
             with open_source(definition.source) as source:
                 for chosen in select_files(source, definition.remote_files):
                     yield self._row(0, chosen.entry.name, chosen.save_as, chosen.entry)
@@ -266,7 +279,7 @@ class MirrorRunner:
                     select(func.max(MirrorRunFile.mtime)).where(MirrorRunFile.run_id == self.run_id)
                 )
             release = release_from_dates([newest], rule.format) or _today(rule.format)
-        if release != self.last_release:
+        if release != _remote_release(self.last_release):
             return release
         if not rule.control or self._same_files_as_last_release():
             return None
@@ -526,6 +539,11 @@ def _listing_digest(session: Session, run_id: int) -> str:
     for save_as, size, fingerprint in rows:
         digest.update(json.dumps([save_as, size, fingerprint]).encode() + b"\n")
     return digest.hexdigest()
+
+
+def _remote_release(published: str | None) -> str | None:
+    """The remote release a published one was named after (``2.10__2`` was ``2.10``)."""
+    return None if published is None else LOCAL_SUFFIX.sub("", published)
 
 
 def _today(date_format: str | None) -> str:

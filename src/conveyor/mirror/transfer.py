@@ -194,6 +194,7 @@ def _try_once(
     on_bytes: Callable[[int], None],
 ) -> None:
     """One attempt, resuming from what the part holds; a corrupt part is thrown away."""
+    part.touch()  # an empty file is fetched by reading nothing, and still checked and renamed
     try:
         with gate.slot(on_wait=source.close):
             if progress.digests.size:

@@ -32,16 +32,25 @@ class HttpSource(Source):
         super().__init__(spec)
         scheme = "https" if spec.protocol.endswith("https") else "http"
         self.base = f"{scheme}://{spec.server}"
-        self.client = httpx.Client(
-            auth=_basic_auth(spec),
-            follow_redirects=spec.options.allow_redirections,
-            timeout=httpx.Timeout(spec.stall_timeout, connect=spec.connect_timeout),
-            proxy=_proxy_url(spec),
-            transport=httpx.HTTPTransport(
-                verify=ssl_context(spec.options) if scheme == "https" else True,
-                socket_options=keepalive_options(spec.options.tcp_keepalive),
-            ),
-        )
+        self._client: httpx.Client | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        """The keep-alive client, opened on first use and again after :meth:`close`."""
+        if self._client is None:
+            spec = self.spec
+            self._client = httpx.Client(
+                auth=_basic_auth(spec),
+                follow_redirects=spec.options.allow_redirections,
+                timeout=httpx.Timeout(spec.stall_timeout, connect=spec.connect_timeout),
+                proxy=_proxy_url(spec),
+                transport=httpx.HTTPTransport(
+                    # Also for http://: a redirect may lead to https.
+                    verify=ssl_context(spec.options),
+                    socket_options=keepalive_options(spec.options.tcp_keepalive),
+                ),
+            )
+        return self._client
 
     def url(self, path: str, folder: bool = False) -> str:
         """The URL of ``path`` under ``remote_dir``; folders end with ``/``."""
@@ -87,24 +96,31 @@ class HttpSource(Source):
                 raise SourceError(f"{url}: connection cut ({error})") from None
 
     def stat(self, path: str) -> RemoteEntry:
-        """HEAD: ``Content-Length``, ``Last-Modified`` and ``ETag`` (a 405 tells nothing)."""
+        """HEAD: ``Content-Length``, ``Last-Modified`` and ``ETag`` (a 405 tells nothing).
+
+        A file fetched by POST tells nothing either: a HEAD cannot carry the form.
+        """
         url = self.url(path)
+        name = path.rsplit("/", 1)[-1]
+        if self.spec.method == "POST" and self.spec.params:
+            return RemoteEntry(name)
         with closing(self._send("HEAD", url, params=True)) as response:
-            name = path.rsplit("/", 1)[-1]
             if response.status_code == 405:
                 return RemoteEntry(name)
             _check(response, url)
             return _entry_from_headers(name, response.headers)
 
     def close(self) -> None:
-        """Close the client and its pooled connections."""
-        self.client.close()
+        """Close the client and its pooled connections (a later request opens new ones)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def _send(
         self, method: str, url: str, headers: dict[str, str] | None = None, params: bool = False
     ) -> httpx.Response:
         fields = self.spec.params if params else {}
-        if method == "GET" and fields:
+        if method in ("GET", "HEAD") and fields:
             url = f"{url}?{urlencode(fields)}"
         request = self.client.build_request(
             method,
