@@ -1213,8 +1213,14 @@ def _sftp_classes() -> tuple[type[Any], type[Any]]:
             if fault is not None:
                 stopping = self._state.stopping
                 assert stopping is not None
-                if fault.kind == "cut" or not await _wait(stopping, fault.seconds):
-                    # Like a dropped network: the session ends with this read unanswered.
+                if fault.kind == "cut":
+                    # The session ends with this read unanswered. Only the channel is closed,
+                    # cleanly: closing the connection resets it, and a reset makes the
+                    # client's kernel drop answers it received but had not read yet.
+                    self.channel.close()
+                    raise asyncssh.SFTPConnectionLost("transfer cut by the test server")
+                if not await _wait(stopping, fault.seconds):
+                    # The server is stopping during a stall: drop the connection.
                     self.connection.close()
                     raise asyncssh.SFTPConnectionLost("transfer cut by the test server")
             return _read_at(file_obj, offset, size)
@@ -1244,8 +1250,8 @@ def sftp_server(
 
     Password login, a fresh ed25519 host key (``known_hosts_line``), chroot to ``root``.
     Faults: ``cut_after`` / ``stall_after`` on reads of a file (a short read up to the limit,
-    then the next read closes the connection, or waits ``stall_seconds``); every read is
-    logged as ``"READ path offset"``.
+    then the next read closes the SFTP channel, after the answers already sent, or waits
+    ``stall_seconds``); every read is logged as ``"READ path offset"``.
     """
     import asyncssh
 

@@ -199,14 +199,16 @@ def _try_once(
         with gate.slot(on_wait=source.close):
             if progress.digests.size:
                 progress.resumed += 1
-            _attempt(source, wanted, part, progress.digests, attempt_seconds, on_bytes)
+            try:
+                _attempt(source, wanted, part, progress.digests, attempt_seconds, on_bytes)
+            except SourceError as error:
+                if error.throttled:
+                    # While this transfer still holds its slot, so that it counts as active.
+                    gate.throttled(error.retry_after)
+                raise
         _check_digest(wanted, progress.digests)
         if check_archives:
             check_archive(part, wanted.name)
-    except SourceError as error:
-        if error.throttled:
-            gate.throttled(error.retry_after)
-        raise
     except CorruptFile:
         part.unlink(missing_ok=True)
         progress.digests = _Digests()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import posixpath
 import socket
@@ -131,8 +132,10 @@ class FtpSource(Source):
             return SourceError(f"{where}: {text}", throttled=text.startswith("421"))
         if isinstance(error, TimeoutError | socket.timeout):
             return SourceError(f"{where}: stalled, no data for {self.spec.stall_timeout:g} s")
-        if isinstance(error, ssl.SSLError):
+        if isinstance(error, ssl.SSLCertVerificationError):
             return SourceError(f"{where}: TLS failed: {error}", permanent=True)
+        if isinstance(error, ssl.SSLError):
+            return SourceError(f"{where}: TLS failed: {error}")
         return SourceError(f"{where}: {error}")
 
     def _chdir(self, folder: str) -> None:
@@ -181,7 +184,10 @@ class FtpSource(Source):
                 while chunk := conn.recv(READ_CHUNK):
                     yield chunk
                 if isinstance(conn, ssl.SSLSocket):
-                    conn.unwrap()
+                    # A cut data connection ends without TLS's close message; the reply
+                    # that follows (426) says what happened, and the size check catches it.
+                    with contextlib.suppress(ssl.SSLError, OSError):
+                        conn.unwrap()
             self._call(lambda ftp: ftp.voidresp())
             done = True
         except (OSError, EOFError, ftplib.Error) as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError
 from conveyor.mirror.integrity import CorruptFile
 from conveyor.mirror.listings import parse_index
-from conveyor.mirror.sources.base import READ_CHUNK, Source, register
+from conveyor.mirror.sources.base import Source, register
 from conveyor.mirror.sources.tls import keepalive_options, ssl_context
 from conveyor.mirror.spec import SourceSpec
 
@@ -82,7 +83,8 @@ class HttpSource(Source):
             # A server that ignores Range sends everything: skip what we already have.
             skip = offset if offset and response.status_code == 200 else 0
             try:
-                for chunk in response.iter_bytes(READ_CHUNK):
+                # As the bytes arrive, not in fixed pieces: a cut loses nothing received.
+                for chunk in response.iter_bytes():
                     if skip:
                         dropped = min(skip, len(chunk))
                         chunk, skip = chunk[dropped:], skip - dropped
@@ -133,7 +135,17 @@ class HttpSource(Source):
         except httpx.TimeoutException:
             raise SourceError(f"{url}: no answer within the time allowed") from None
         except httpx.TransportError as error:
-            raise SourceError(f"{url}: {error}") from None
+            raise SourceError(f"{url}: {error}", permanent=_untrusted(error)) from None
+
+
+def _untrusted(error: BaseException) -> bool:
+    """Whether a failure comes from a certificate that cannot be trusted (no retry helps)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _check(response: httpx.Response, url: str) -> None:

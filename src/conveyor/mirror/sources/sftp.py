@@ -39,6 +39,18 @@ class _AddHostKey(paramiko.MissingHostKeyPolicy):
             known.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+class _AcceptHostKey(paramiko.MissingHostKeyPolicy):
+    """Trust a host seen for the first time for this connection only.
+
+    Not paramiko's AutoAddPolicy: with a known-hosts file loaded, that one writes it.
+    """
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
 class _RejectHostKey(paramiko.MissingHostKeyPolicy):
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
@@ -112,7 +124,7 @@ class SftpSource(Source):
             ssh.load_host_keys(str(known))
         policy: paramiko.MissingHostKeyPolicy = {
             "reject": _RejectHostKey(),
-            "accept": paramiko.AutoAddPolicy(),
+            "accept": _AcceptHostKey(),
             "add": _AddHostKey(known),
         }[spec.options.ssh_new_host]
         ssh.set_missing_host_key_policy(policy)
