@@ -86,9 +86,11 @@ def rclone(protocol: str, info: ServerInfo, dest: Path, known_hosts: Path) -> fl
             f"known_hosts_file={known_hosts}:/"
         ),
     }[protocol]
-    return timed(
-        ["rclone", "copy", "--transfers", str(THREADS), "--config", "/dev/null", remote, str(dest)]
-    )
+    # rclone's multi-thread download of one large FTP file closes data connections early,
+    # which pyftpdlib answers with 426 and rclone 1.60 counts as a failure: one stream a file.
+    streams = ["--multi-thread-streams", "0"] if protocol == "ftp" else []
+    command = ["rclone", "copy", "--transfers", str(THREADS), *streams, "--config", "/dev/null"]
+    return timed([*command, remote, str(dest)])
 
 
 def lftp(protocol: str, info: ServerInfo, dest: Path) -> float:

@@ -52,7 +52,7 @@ class Fetched:
     path: Path
     size: int
     sha256: str
-    md5: str
+    md5: str | None
     crc32: int
     attempts: int
     resumed: int
@@ -114,15 +114,19 @@ class HostGate:
 
 
 class _Digests:
-    def __init__(self) -> None:
+    """sha256 (the archive's name) and CRC-32 (zip's) always; md5 only for an md5 sidecar,
+    as it costs as much as both together."""
+
+    def __init__(self, with_md5: bool) -> None:
         self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.md5 = hashlib.md5(usedforsecurity=False) if with_md5 else None
         self.crc32 = 0
         self.size = 0
 
     def update(self, chunk: bytes) -> None:
         self.sha256.update(chunk)
-        self.md5.update(chunk)
+        if self.md5 is not None:
+            self.md5.update(chunk)
         self.crc32 = zlib.crc32(chunk, self.crc32)
         self.size += len(chunk)
 
@@ -150,7 +154,7 @@ def fetch(
     """
     part = wanted.target.with_name(wanted.target.name + PART_SUFFIX)
     part.parent.mkdir(parents=True, exist_ok=True)
-    progress = _Progress(_digest_existing(part))
+    progress = _Progress(_digest_existing(part, _wants_md5(wanted)))
     retrying = policy.retrying(retry=tenacity.retry_if_exception(_retryable), sleep=sleep)
     try:
         for attempt in retrying:
@@ -170,7 +174,7 @@ def fetch(
         wanted.target,
         digests.size,
         digests.sha256.hexdigest(),
-        digests.md5.hexdigest(),
+        digests.md5.hexdigest() if digests.md5 is not None else None,
         digests.crc32,
         attempts=retrying.statistics.get("attempt_number", 1),
         resumed=progress.resumed,
@@ -211,7 +215,7 @@ def _try_once(
             check_archive(part, wanted.name)
     except CorruptFile:
         part.unlink(missing_ok=True)
-        progress.digests = _Digests()
+        progress.digests = _Digests(_wants_md5(wanted))
         raise
 
 
@@ -246,13 +250,18 @@ def _check_digest(wanted: Wanted, digests: _Digests) -> None:
     if wanted.digest is None:
         return
     algorithm, expected = wanted.digest
-    got = (digests.md5 if algorithm == "md5" else digests.sha256).hexdigest()
+    hasher = digests.md5 if algorithm == "md5" else digests.sha256
+    got = hasher.hexdigest() if hasher is not None else ""
     if got != expected:
         raise CorruptFile(f"{wanted.name}: {algorithm} is {got}, its sidecar says {expected}")
 
 
-def _digest_existing(part: Path) -> _Digests:
-    digests = _Digests()
+def _wants_md5(wanted: Wanted) -> bool:
+    return wanted.digest is not None and wanted.digest[0] == "md5"
+
+
+def _digest_existing(part: Path, with_md5: bool) -> _Digests:
+    digests = _Digests(with_md5)
     if part.exists():
         with part.open("rb") as existing:
             while chunk := existing.read(HASH_CHUNK):

@@ -19,6 +19,8 @@ from conveyor.mirror.spec import SourceSpec
 
 T = TypeVar("T")
 MISSING = (errno.ENOENT, errno.ENOTDIR)
+# Read requests in flight (32 KiB each): about 2 MiB buffered a transfer at most.
+PREFETCH_REQUESTS = 64
 
 
 class _AddHostKey(paramiko.MissingHostKeyPolicy):
@@ -91,7 +93,8 @@ class SftpSource(Source):
         try:
             with handle:
                 handle.seek(offset)
-                handle.prefetch()
+                # Bounded: all requests at once would buffer the whole file in memory.
+                handle.prefetch(max_concurrent_requests=PREFETCH_REQUESTS)
                 while chunk := handle.read(READ_CHUNK):
                     yield chunk
             done = True
