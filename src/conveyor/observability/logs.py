@@ -41,5 +41,5 @@ def configure_logging(fmt: str, level: str) -> None:
     # No line per request: request metrics and traces say more, at a fraction of the cost.
     logging.getLogger("uvicorn.access").propagate = False
     # Nor per request Conveyor makes (a mirror run of 10,000 files would log 10,000 lines).
-    for name in ("httpx", "httpcore", "paramiko.transport"):
+    for name in ("httpx", "httpcore", "asyncssh"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -97,7 +97,7 @@ def open_source(spec: SourceSpec) -> Source:
 
 def _load_builtin_sources() -> None:
     # Imported on first use: each module registers itself, and the heavy client libraries
-    # (paramiko, s3fs) load only when a mirror needs them.
+    # (asyncssh, s3fs) load only when a mirror needs them.
     from conveyor.mirror.sources import (  # noqa: F401
         ftp,
         http,

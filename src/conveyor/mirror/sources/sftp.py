@@ -1,199 +1,207 @@
-"""SFTP with paramiko: known-hosts checks as BioMAJ's ``ssh_*`` options say, resume by offset."""
+"""SFTP with asyncssh: known-hosts checks as BioMAJ's ``ssh_*`` options say, resume by offset.
+
+asyncssh reads a large span with many requests in flight (paramiko, pure Python, moved
+about 40 MB/s a stream here), so each source drives its connection on one shared event
+loop thread and hands results to its caller's thread.
+"""
 
 from __future__ import annotations
 
-import errno
-import socket
+import asyncio
 import stat
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
-import paramiko
+import asyncssh
 
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError
-from conveyor.mirror.sources.base import READ_CHUNK, Source, register
+from conveyor.mirror.sources.base import Source, register
 from conveyor.mirror.spec import SourceSpec
 
 T = TypeVar("T")
-MISSING = (errno.ENOENT, errno.ENOTDIR)
-# Read requests in flight (32 KiB each): about 2 MiB buffered a transfer at most.
-PREFETCH_REQUESTS = 64
+# A cut loses at most the span being read: the spans before it were handed over whole.
+READ_SPAN = 256 * 1024
+LIST_BATCH = 1000
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
 
 
-class _AddHostKey(paramiko.MissingHostKeyPolicy):
-    """Accept a host seen for the first time and append its key to the known-hosts file.
-
-    Only a missing key is added; a changed key is refused by paramiko before any policy runs.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as known:
-            known.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-
-
-class _AcceptHostKey(paramiko.MissingHostKeyPolicy):
-    """Trust a host seen for the first time for this connection only.
-
-    Not paramiko's AutoAddPolicy: with a known-hosts file loaded, that one writes it.
-    """
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-class _RejectHostKey(paramiko.MissingHostKeyPolicy):
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        raise SourceError(
-            f"the host key of {hostname} is not in the known-hosts file and ssh_new_host is "
-            "reject (set it to accept or add to trust a new host)",
-            permanent=True,
-        )
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The loop every SFTP connection of this process runs on, started on first use."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="sftp-loop", daemon=True).start()
+        return _loop
 
 
 @register
 class SftpSource(Source):
-    """One SSH session and SFTP channel, opened on first use and again after a failure."""
+    """One SSH connection and SFTP session, opened on first use and again after a failure."""
 
     protocols = ("sftp",)
 
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
-        self._ssh: paramiko.SSHClient | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self._connection: asyncssh.SSHClientConnection | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
 
     def list(self, folder: str = "") -> Iterator[RemoteEntry]:
-        """``listdir_iter``: attributes arrive in batches, never the whole folder at once."""
+        """``scandir``, a batch of names at a time: never the whole folder at once."""
         path = self.remote_path(folder)
-        items = self._call(lambda sftp: sftp.listdir_iter(path), path)
-        try:
-            for item in items:
-                yield _entry(item.filename, item)
-        except (OSError, paramiko.SSHException) as error:
-            raise self._failure(error, path) from None
+        names: AsyncIterator[asyncssh.SFTPName] = self._client().scandir(path)
+
+        async def batch() -> list[asyncssh.SFTPName]:
+            found: list[asyncssh.SFTPName] = []
+            async for name in names:
+                if name.filename not in (".", ".."):
+                    found.append(name)
+                if len(found) >= LIST_BATCH:
+                    break
+            return found
+
+        while found := self._call(batch(), path):
+            for name in found:
+                yield _entry(str(name.filename), name.attrs)
 
     def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
-        """Reads from ``offset``, with paramiko's pipelined prefetch."""
+        """Spans of 256 KiB from ``offset``, each read with many requests in flight."""
         full = self.remote_path(path)
-        handle = self._call(lambda sftp: sftp.open(full, "rb"), full)
-        done = False
+        client = self._client()
+
+        async def opened() -> asyncssh.SFTPClientFile:
+            return await client.open(full, "rb")
+
+        handle = self._call(opened(), full)
+        position = offset
         try:
-            with handle:
-                handle.seek(offset)
-                # Bounded: all requests at once would buffer the whole file in memory.
-                handle.prefetch(max_concurrent_requests=PREFETCH_REQUESTS)
-                while chunk := handle.read(READ_CHUNK):
-                    yield chunk
-            done = True
-        except (OSError, paramiko.SSHException) as error:
-            raise self._failure(error, full) from None
+            while True:
+                span = self._call(
+                    asyncio.wait_for(handle.read(READ_SPAN, position), self.spec.stall_timeout),
+                    full,
+                )
+                if not span:
+                    return
+                position += len(span)
+                yield cast(bytes, span)  # opened "rb": bytes
         finally:
-            if not done:
-                # Outstanding prefetch requests would answer into the next read.
-                self.close()
+            if self._sftp is not None:
+                try:
+                    self._call(handle.close(), full)
+                except SourceError:
+                    self.close()
 
     def stat(self, path: str) -> RemoteEntry:
         """``stat`` of the file."""
         full = self.remote_path(path)
-        info = self._call(lambda sftp: sftp.stat(full), full)
-        return _entry(full.rsplit("/", 1)[-1], info)
+        attrs = self._call(self._client().stat(full), full)
+        return _entry(full.rsplit("/", 1)[-1], attrs)
 
     def close(self) -> None:
-        """Close the SFTP channel and the SSH session."""
-        ssh, self._ssh, self._sftp = self._ssh, None, None
-        if ssh is not None:
-            ssh.close()
+        """Close the SFTP session and the SSH connection."""
+        connection, self._connection, self._sftp = self._connection, None, None
+        if connection is not None:
+            connection.close()
+            asyncio.run_coroutine_threadsafe(connection.wait_closed(), _event_loop())
 
-    def _client(self) -> paramiko.SFTPClient:
-        if self._sftp is not None:
-            return self._sftp
+    def _client(self) -> asyncssh.SFTPClient:
+        if self._sftp is None:
+            self._connection, self._sftp = self._call(self._connect(), "/")
+        return self._sftp
+
+    async def _connect(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
         spec = self.spec
-        ssh = paramiko.SSHClient()
-        known = Path(spec.options.ssh_hosts_file).expanduser()
-        if known.is_file():
-            ssh.load_host_keys(str(known))
-        policy: paramiko.MissingHostKeyPolicy = {
-            "reject": _RejectHostKey(),
-            "accept": _AcceptHostKey(),
-            "add": _AddHostKey(known),
-        }[spec.options.ssh_new_host]
-        ssh.set_missing_host_key_policy(policy)
-        user = spec.credentials.user if spec.credentials else None
-        password = spec.credentials.secret() if spec.credentials else None
-        try:
-            ssh.connect(
+        port = spec.port(22)
+        credentials = spec.credentials
+        connection = await asyncio.wait_for(
+            asyncssh.connect(
                 spec.host,
-                spec.port(22),
-                username=user,
-                password=password,
-                timeout=spec.connect_timeout,
-                banner_timeout=spec.connect_timeout,
-                auth_timeout=spec.connect_timeout,
-                allow_agent=False,
-                look_for_keys=False,
-            )
-            transport = ssh.get_transport()
-            if transport is not None and spec.options.tcp_keepalive:
-                transport.set_keepalive(spec.options.tcp_keepalive)
-            sftp = ssh.open_sftp()
-            channel = sftp.get_channel()
-            if channel is not None:
-                channel.settimeout(spec.stall_timeout)
-        except BaseException:
-            ssh.close()
-            raise
-        self._ssh, self._sftp = ssh, sftp
-        return sftp
-
-    def _call(self, operation: Callable[[paramiko.SFTPClient], T], path: str) -> T:
+                port,
+                username=credentials.user if credentials else None,
+                password=credentials.secret() if credentials else None,
+                known_hosts=await self._trusted_keys(port),
+                client_keys=None,
+                agent_path=None,
+                keepalive_interval=spec.options.tcp_keepalive or None,
+            ),
+            spec.connect_timeout,
+        )
         try:
-            return operation(self._client())
-        except (OSError, paramiko.SSHException) as error:
+            return connection, await connection.start_sftp_client()
+        except BaseException:
+            connection.close()
+            raise
+
+    async def _trusted_keys(self, port: int) -> Any:
+        """The known-hosts file when it knows the host (a changed key is then refused), else
+        what ``ssh_new_host`` says: refuse, trust for this connection, or trust and record."""
+        spec = self.spec
+        known = Path(spec.options.ssh_hosts_file).expanduser()
+        if known.is_file() and asyncssh.read_known_hosts(str(known)).match(spec.host, "", port)[0]:
+            return str(known)
+        policy = spec.options.ssh_new_host
+        if policy == "reject":
+            raise SourceError(
+                f"the host key of {spec.host} is not in the known-hosts file and ssh_new_host "
+                "is reject (set it to accept or add to trust a new host)",
+                permanent=True,
+            )
+        key = await asyncssh.get_server_host_key(spec.host, port)
+        if key is None:
+            raise SourceError(f"{spec.host} offered no host key", permanent=True)
+        if policy == "add":
+            pattern = spec.host if port == 22 else f"[{spec.host}]:{port}"
+            public = key.export_public_key("openssh").decode().split()
+            known.parent.mkdir(parents=True, exist_ok=True)
+            with known.open("a") as hosts:
+                hosts.write(f"{pattern} {public[0]} {public[1]}\n")
+        return ([key], [], [])
+
+    def _call(self, operation: Coroutine[Any, Any, T], path: str) -> T:
+        try:
+            return asyncio.run_coroutine_threadsafe(operation, _event_loop()).result()
+        except SourceError:
+            raise
+        except (asyncssh.Error, OSError, TimeoutError) as error:
             raise self._failure(error, path) from None
 
     def _failure(self, error: BaseException, path: str) -> SourceError:
-        where = f"sftp://{self.spec.host}{path}"
-        if isinstance(error, paramiko.BadHostKeyException):
+        where = f"sftp://{self.spec.server.rsplit('@', 1)[-1]}{path}"
+        if isinstance(error, asyncssh.HostKeyNotVerifiable):
             self.close()
             return SourceError(
                 f"the host key of {self.spec.host} does not match the known-hosts file: refused",
                 permanent=True,
             )
-        if isinstance(error, paramiko.AuthenticationException):
+        if isinstance(error, asyncssh.PermissionDenied):
             self.close()
             return SourceError(f"{where}: authentication failed", permanent=True)
-        if isinstance(error, FileNotFoundError) or getattr(error, "errno", None) in MISSING:
+        if isinstance(error, asyncssh.SFTPNoSuchFile | FileNotFoundError):
             return SourceError(f"{where}: no such file or folder", permanent=True)
-        if isinstance(error, PermissionError):
+        if isinstance(error, asyncssh.SFTPPermissionDenied | PermissionError):
             return SourceError(f"{where}: permission denied", permanent=True)
         self.close()
-        if isinstance(error, TimeoutError | socket.timeout):
+        if isinstance(error, TimeoutError):
             return SourceError(f"{where}: stalled, no data for {self.spec.stall_timeout:g} s")
         return SourceError(f"{where}: {error}")
 
 
-def _entry(name: str, info: paramiko.SFTPAttributes) -> RemoteEntry:
-    mode = info.st_mode or 0
-    is_dir = stat.S_ISDIR(mode)
-    mtime = datetime.fromtimestamp(info.st_mtime, UTC) if info.st_mtime is not None else None
+def _entry(name: str, attrs: asyncssh.SFTPAttrs) -> RemoteEntry:
+    mode = attrs.permissions or 0
+    is_dir = attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or stat.S_ISDIR(mode)
+    is_link = attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK or stat.S_ISLNK(mode)
+    mtime = datetime.fromtimestamp(attrs.mtime, UTC) if attrs.mtime is not None else None
     return RemoteEntry(
         name,
         is_dir=is_dir,
-        size=None if is_dir else info.st_size,
+        size=None if is_dir else attrs.size,
         mtime=mtime,
-        fingerprint=f"{info.st_size}-{info.st_mtime}",
-        is_link=stat.S_ISLNK(mode),
+        fingerprint=f"{attrs.size}-{attrs.mtime}",
+        is_link=is_link,
     )
