@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+
+from conveyor.runtime import Runtime
+from tests.support.mirror_servers import http_server
 
 BANK = """[GENERAL]
 db.name=alu
@@ -153,3 +158,59 @@ def test_credentials_never_come_back(client: TestClient, tmp_path: Path) -> None
     ):
         assert "hunter2" not in answer.text
         assert "anna" in answer.text
+
+
+def test_a_cancelled_run_stops_and_the_next_one_reuses_its_files(
+    make_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    """A run cancelled mid-download ends "cancelled" without a release; the next run takes
+    the files the cancelled one fetched from the archive instead of downloading them again.
+    (Over loopback HTTP, with one transfer stalled so that the run is surely still
+    downloading when the cancel arrives.)"""
+    from conveyor.web.app import create_app
+
+    root = tmp_path / "remote"
+    root.mkdir()
+    for index in range(400):
+        (root / f"f{index:03d}.bin").write_bytes(os.urandom(256 * 1024))
+    runtime = make_runtime(inline=False)
+    runtime.executor.start()
+    with (
+        http_server(root, index_style="nginx") as server,
+        TestClient(create_app(runtime=runtime)) as client,
+    ):
+        definition = {
+            "name": "big",
+            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
+            "threads": 1,
+        }
+        # The second batch of 200 stalls on f250.bin for 4 s: the run is cancelled there.
+        server.faults.stall_seconds = 4
+        server.faults.stall_after["f250.bin"] = 1000
+        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        run = client.post("/api/v1/mirrors/big/runs").json()
+        deadline = time.monotonic() + 60
+        while run["files_done"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            run = client.get(f"/api/v1/mirror-runs/{run['id']}").json()
+        assert client.post(f"/api/v1/mirror-runs/{run['id']}/cancel").status_code == 200
+        while (
+            run["state"] not in ("cancelled", "failed", "published") and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+            run = client.get(f"/api/v1/mirror-runs/{run['id']}").json()
+        assert run["state"] == "cancelled", run
+        assert run["transaction_id"] is None
+        fetched = run["files_done"]
+        assert 0 < fetched < 400
+        assert client.post(f"/api/v1/mirror-runs/{run['id']}/cancel").status_code == 409
+        again = client.post("/api/v1/mirrors/big/runs").json()
+        while (
+            again["state"] not in ("cancelled", "failed", "published")
+            and time.monotonic() < deadline + 60
+        ):
+            time.sleep(0.05)
+            again = client.get(f"/api/v1/mirror-runs/{again['id']}").json()
+        assert again["state"] == "published", again
+        assert again["files_reused"] >= fetched
+        assert again["files_reused"] + again["files_done"] == 400

@@ -25,6 +25,7 @@ from sqlalchemy import Table, bindparam, insert, or_, select, tuple_, update
 
 from conveyor.db.models import File, MirrorRun, MirrorRunFile, StagedBlob
 from conveyor.jobs.context import JobContext
+from conveyor.jobs.errors import StepFailed
 from conveyor.mirror import states
 from conveyor.mirror.definition import MirrorDefinition
 from conveyor.mirror.errors import MirrorError
@@ -38,13 +39,18 @@ from conveyor.observability import metrics
 log = logging.getLogger(__name__)
 
 BATCH = 200
+DOWNLOAD_STEP = "download files"
 PROGRESS_SECONDS = 1.0
 SIDECARS = {".md5": "md5", ".sha256": "sha256"}
 MAX_SIDECAR_BYTES = 4096
 
 
-class RunCancelled(Exception):
-    """The run was asked to stop."""
+class RunCancelled(StepFailed):
+    """The run was asked to stop. A step failure, so that the job's step passes it on as
+    it is and the run ends "cancelled", not "failed"."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(DOWNLOAD_STEP, message)
 
 
 @dataclass(frozen=True)

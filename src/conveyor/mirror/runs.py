@@ -43,7 +43,7 @@ from conveyor.jobs.executors import SWEEP_HOOKS, SweepHook
 from conveyor.jobs.registry import job_handler
 from conveyor.mirror import schedule, states
 from conveyor.mirror.definition import MirrorDefinition
-from conveyor.mirror.downloads import Downloader, RunCancelled
+from conveyor.mirror.downloads import DOWNLOAD_STEP, Downloader, RunCancelled
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import MirrorError, SourceError
 from conveyor.mirror.matching import compile_patterns, path_selected, select_files
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 LIST_TASK = "list files"
 RELEASE_TASK = "detect release"
-DOWNLOAD_TASK = "download files"
+DOWNLOAD_TASK = DOWNLOAD_STEP
 PUBLISH_TASK = "publish release"
 INSERT_BATCH = 1000
 MAX_ITEM_ERRORS = 100
@@ -93,8 +93,8 @@ def run_mirror(context: JobContext) -> None:
     try:
         MirrorRunner(context, run_id).run()
     except RunCancelled as stopped:
-        _finish_failed(context.runtime, run_id, str(stopped), [], states.CANCELLED)
-        raise StepFailed(context.task, str(stopped)) from None
+        _finish_failed(context.runtime, run_id, stopped.message, [], states.CANCELLED)
+        raise
     except StepFailed as failure:
         _finish_failed(context.runtime, run_id, failure.message, failure.items, states.FAILED)
         raise
