@@ -19,7 +19,7 @@ PREFIX = "sealed:v1:"
 KEY_FILE = "secret.key"
 
 
-class SecretError(Exception):
+class SecretError(ValueError):
     """A sealed value cannot be opened (another key, or damaged)."""
 
 

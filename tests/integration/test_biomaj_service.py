@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from kombu import Connection, Producer
+from kombu import Connection
 from prometheus_client import REGISTRY
 
 from conveyor.mirror.biomaj.consumer import consume
@@ -33,8 +33,9 @@ from conveyor.mirror.transfer import PART_SUFFIX
 from conveyor.queues import dead_lettered
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
-from tests.support.biomaj import BROKER, REDIS_URL, redis_prefix
+from tests.support.biomaj import REDIS_URL, redis_prefix
 from tests.support.mirror_servers import ServerInfo, ftp_server
+from tests.support.queues import BROKER, publish, waiting
 from tests.support.services import require_tcp
 
 pytestmark = pytest.mark.integration
@@ -145,34 +146,6 @@ def operation(
     for key, value in (options or {}).items():
         download.options[key] = value
     return bytes(message.SerializeToString())
-
-
-def publish(name: str, *bodies: bytes) -> None:
-    """Declare the queues as the consumer does, and publish each body persistently."""
-    live, dead = dead_lettered(name)
-    with Connection(BROKER) as connection:
-        channel = connection.default_channel
-        dead.bind(channel).declare()
-        live.bind(channel).declare()
-        producer = Producer(channel)
-        for body in bodies:
-            producer.publish(
-                body,
-                routing_key=name,
-                delivery_mode=2,
-                content_type="application/octet-stream",
-                content_encoding="binary",
-            )
-
-
-def waiting(name: str) -> tuple[int, int]:
-    """Messages ready in the live queue and in its dead-letter queue."""
-    live, dead = dead_lettered(name)
-    with Connection(BROKER) as connection:
-        channel = connection.default_channel
-        live_state: Any = live.bind(channel).queue_declare(passive=True)
-        dead_state: Any = dead.bind(channel).queue_declare(passive=True)
-        return live_state.message_count, dead_state.message_count
 
 
 def run_consumer(

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from conveyor.runtime import Runtime
+from tests.support.banks import add_bank, run_mirror
 from tests.support.mirror_servers import http_server
 
 BANK = """[GENERAL]
@@ -44,21 +45,7 @@ options.wait_policy=wait_none
 
 
 def _add(client: TestClient, root: Path, extra: str = "") -> dict[str, Any]:
-    answer = client.post(
-        "/api/v1/mirrors",
-        content=BANK.format(root=root) + extra,
-        headers={"Content-Type": "text/plain"},
-    )
-    assert answer.status_code == 201, answer.text
-    return dict(answer.json())
-
-
-def _run(client: TestClient, name: str) -> dict[str, Any]:
-    started = client.post(f"/api/v1/mirrors/{name}/runs")
-    assert started.status_code == 202, started.text
-    run = client.get(f"/api/v1/mirror-runs/{started.json()['id']}").json()
-    assert run["state"] not in ("queued", "listing", "downloading", "publishing")
-    return dict(run)
+    return add_bank(client, BANK.format(root=root) + extra)
 
 
 def test_a_bank_file_is_mirrored_and_published(client: TestClient, tmp_path: Path) -> None:
@@ -66,7 +53,7 @@ def test_a_bank_file_is_mirrored_and_published(client: TestClient, tmp_path: Pat
     _bank(root)
     added = _add(client, root)
     assert added["origin"] == "biomaj"
-    run = _run(client, "alu")
+    run = run_mirror(client, "alu")
     assert run["state"] == "published", run
     assert run["release"] == "2023-11-14"
     assert run["files_total"] == 3
@@ -87,8 +74,8 @@ def test_an_unchanged_bank_is_up_to_date(client: TestClient, tmp_path: Path) -> 
     root = tmp_path / "remote"
     _bank(root)
     _add(client, root)
-    first = _run(client, "alu")
-    second = _run(client, "alu")
+    first = run_mirror(client, "alu")
+    second = run_mirror(client, "alu")
     assert second["state"] == "up_to_date"
     assert second["transaction_id"] is None
     assert first["release"] == second["release"]
@@ -98,10 +85,10 @@ def test_a_new_release_reuses_unchanged_files(client: TestClient, tmp_path: Path
     root = tmp_path / "remote"
     _bank(root)
     _add(client, root)
-    _run(client, "alu")
+    run_mirror(client, "alu")
     (root / "alu.n.gz").write_bytes(gzip.compress(b">alu\nTTTT\n"))
     os.utime(root / "alu.n.gz", (1_800_000_000, 1_800_000_000))
-    run = _run(client, "alu")
+    run = run_mirror(client, "alu")
     assert run["state"] == "published", run
     assert run["files_done"] == 1
     assert run["files_reused"] == 2
@@ -115,7 +102,7 @@ def test_a_corrupt_archive_fails_the_run_with_its_reason(
     _bank(root)
     (root / "alu.a.gz").write_bytes(b"not gzip at all")
     _add(client, root, QUICK_RETRIES)
-    run = _run(client, "alu")
+    run = run_mirror(client, "alu")
     assert run["state"] == "failed"
     assert "alu.a.gz" in run["error"]
     failed = client.get(f"/api/v1/mirror-runs/{run['id']}/files?state=failed").json()["files"]
@@ -214,3 +201,30 @@ def test_a_cancelled_run_stops_and_the_next_one_reuses_its_files(
         assert again["state"] == "published", again
         assert again["files_reused"] >= fetched
         assert again["files_reused"] + again["files_done"] == 400
+
+
+def test_a_changed_secret_key_is_said_not_crashed(
+    make_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    """Passwords sealed with one key cannot be opened with another: a readable 409."""
+    from cryptography.fernet import Fernet
+
+    from conveyor.web.app import create_app
+
+    first = make_runtime(secret_key=Fernet.generate_key().decode())
+    with TestClient(create_app(runtime=first)) as client:
+        definition = {
+            "name": "sealed",
+            "source": {
+                "protocol": "ftp",
+                "server": "127.0.0.1:1",
+                "credentials": {"user": "anna", "password": "hunter2"},
+            },
+        }
+        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+    other = make_runtime(secret_key=Fernet.generate_key().decode())
+    with TestClient(create_app(runtime=other)) as client:
+        answer = client.get("/api/v1/mirrors/sealed")
+        assert answer.status_code == 409
+        assert "CONVEYOR_SECRET_KEY" in answer.json()["detail"]
+        assert "hunter2" not in answer.text

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from kombu import Connection, Producer
+from kombu import Connection
 from sqlalchemy import create_engine, func, select, text
 
 from conveyor.carts.motrpac_messages import (
@@ -42,6 +42,7 @@ from conveyor.web.app import create_app
 from tests.support.bundles import JAPANESE_NAME, good_tar, make_tar, sha1
 from tests.support.databases import POSTGRES_ADMIN, scratch_database
 from tests.support.executors import retry_now
+from tests.support.queues import BROKER, publish, waiting
 from tests.support.receivers import Receiver, running_receiver
 from tests.support.services import require_command, require_tcp
 
@@ -50,7 +51,7 @@ BAR = "a/b/bar.txt"
 JAPANESE = f"a/c/{JAPANESE_NAME}"
 ABSENT = "a/b/not-archived.txt"
 MANIFEST = "conveyor-manifest.json"
-BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+
 ANN = Requester("ann@example.org", "Ann Smith", "u-17")
 BEN = Requester("ben@example.org", "Ben Jones")
 
@@ -422,33 +423,6 @@ def queue_name() -> Iterator[str]:
         channel: Any = connection.default_channel
         for queue in (name, f"{name}.dead"):
             channel.queue_delete(queue)
-
-
-def publish(name: str, *bodies: bytes) -> None:
-    """Declare the queues and publish each body as raw bytes."""
-    live, dead = dead_lettered(name)
-    with Connection(BROKER) as connection:
-        channel = connection.default_channel
-        dead.bind(channel).declare()
-        live.bind(channel).declare()
-        producer = Producer(channel)
-        for body in bodies:
-            producer.publish(
-                body,
-                routing_key=name,
-                content_type="application/octet-stream",
-                content_encoding="binary",
-            )
-
-
-def waiting(name: str) -> tuple[int, int]:
-    """Messages ready in the live queue and in its dead-letter queue."""
-    live, dead = dead_lettered(name)
-    with Connection(BROKER) as connection:
-        channel = connection.default_channel
-        live_state: Any = live.bind(channel).queue_declare(passive=True)
-        dead_state: Any = dead.bind(channel).queue_declare(passive=True)
-        return live_state.message_count, dead_state.message_count
 
 
 def consume_with_watchdog(runtime: Runtime, name: str, limit: int) -> int:

@@ -18,7 +18,6 @@ import redis
 from tests.support.services import require_tcp
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def drop_keys(prefix: str) -> int:

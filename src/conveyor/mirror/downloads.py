@@ -100,9 +100,7 @@ class Downloader:
         self.previous_transaction = previous_transaction
         self.interrupted_run = interrupted_run
         self.policy: RetryPolicy = retry_policy(definition.stop_condition, definition.wait_policy)
-        self.gates = {
-            _host_key(spec): HostGate(definition.threads) for spec in specs if spec is not None
-        }
+        self.gates = {_host_key(spec): HostGate(definition.threads) for spec in specs}
         self.stopping = threading.Event()
         self._local = threading.local()
         self._lock = threading.Lock()

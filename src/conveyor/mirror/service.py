@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
@@ -15,7 +15,6 @@ from conveyor.errors import Conflict, NotFound
 from conveyor.jobs.service import create_job
 from conveyor.mirror import states
 from conveyor.mirror.definition import MirrorDefinition, describe
-from conveyor.mirror.errors import DefinitionError
 from conveyor.mirror.schedule import next_run
 from conveyor.runtime import Runtime
 
@@ -29,13 +28,14 @@ def stored_form(runtime: Runtime, definition: MirrorDefinition) -> dict[str, Any
 
 
 def definition_of(runtime: Runtime, mirror: Mirror) -> MirrorDefinition:
-    """The stored definition, passwords opened."""
+    """The stored definition, passwords opened; a 409 saying why when it cannot be read
+    (its passwords were sealed with another ``CONVEYOR_SECRET_KEY``)."""
     try:
         return MirrorDefinition.model_validate(
             mirror.definition, context={"sealer": runtime.sealer}
         )
     except ValidationError as error:
-        raise DefinitionError(f"mirror {mirror.name}: {describe(error)}") from None
+        raise Conflict(f"mirror {mirror.name} cannot be read: {describe(error)}") from None
 
 
 def save_mirror(
@@ -260,15 +260,3 @@ def file_view(row: MirrorRunFile) -> dict[str, Any]:
         "sha256": row.sha256,
         "error": row.error,
     }
-
-
-def count_files(session: Session, run_id: int, state: str) -> int:
-    """How many of a run's files are in ``state``."""
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(MirrorRunFile)
-            .where(MirrorRunFile.run_id == run_id, MirrorRunFile.state == state)
-        )
-        or 0
-    )

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError
-from conveyor.mirror.listings import parse_list_line, parse_mlsd_line
+from conveyor.mirror.listings import parse_list, parse_mlsd
 from conveyor.mirror.sources.base import READ_CHUNK, Source, register
 from conveyor.mirror.sources.tls import apply_keepalive, ssl_context
 from conveyor.mirror.spec import SourceSpec
@@ -43,19 +43,13 @@ class FtpSource(Source):
         now = datetime.now(UTC)
         if self._mlsd:
             try:
-                for line in self._lines("MLSD", path):
-                    entry = parse_mlsd_line(line)
-                    if entry is not None:
-                        yield entry
+                yield from parse_mlsd(self._lines("MLSD", path))
                 return
             except SourceError as error:
                 if not str(error).startswith(NOT_IMPLEMENTED):
                     raise
                 self._mlsd = False
-        for line in self._lines("LIST", path):
-            entry = parse_list_line(line, now=now)
-            if entry is not None:
-                yield entry
+        yield from parse_list(self._lines("LIST", path), now=now)
 
     def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
         """RETR, after ``REST offset`` when resuming."""
