@@ -86,6 +86,22 @@ class Settings(BaseSettings):
     biomaj_redis_url: str = ""
     biomaj_redis_prefix: str = "biomaj"
 
+    # Hosts the server may call for users (webhooks, notify URLs, brokers): networks,
+    # addresses or names. Link-local and metadata hosts are always refused; with an allow
+    # list, only what it names is reachable.
+    target_allow: list[str] = Field(default_factory=list)
+    target_deny: list[str] = Field(default_factory=list)
+    # Event delivery: attempts and age before a delivery is dead-lettered, backoff bounds,
+    # the circuit breaker, and how many sends run at once per dispatcher.
+    delivery_max_attempts: int = Field(12, ge=1)
+    delivery_max_age_seconds: float = Field(86400.0, gt=0)
+    delivery_backoff_seconds: float = Field(1.0, gt=0)
+    delivery_backoff_max_seconds: float = Field(3600.0, gt=0)
+    delivery_timeout_seconds: float = Field(10.0, gt=0)
+    delivery_concurrency: int = Field(16, ge=1, le=512)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_seconds: float = Field(30.0, gt=0)
+
     db_connect_attempts: int = Field(
         10,
         ge=1,

@@ -12,6 +12,7 @@ from conveyor.db.engine import Database
 from conveyor.db.migrate import upgrade
 from conveyor.jobs.executors import Executor, make_executor
 from conveyor.mirror.biomaj.sessions import DownloadSessions
+from conveyor.netpolicy import TargetPolicy
 from conveyor.secrets import Sealer
 from conveyor.storage.archive import Archive, open_archive
 from conveyor.storage.stores import BlobStore, open_store
@@ -60,6 +61,11 @@ class Runtime:
     def sealer(self) -> Sealer:
         """Seals and opens the credentials stored in the database."""
         return Sealer.for_settings(self.settings)
+
+    @functools.cached_property
+    def target_policy(self) -> TargetPolicy:
+        """Which hosts the server may call for users (webhooks, notify URLs, brokers)."""
+        return TargetPolicy.from_lists(self.settings.target_allow, self.settings.target_deny)
 
     @functools.cached_property
     def biomaj_sessions(self) -> DownloadSessions | None:

@@ -65,8 +65,9 @@ def test_ingest_records_a_pacifica_event_in_the_outbox(
 ) -> None:
     job = upload(client, good_tar())
     with runtime.db.session() as session:
-        event = session.scalars(select(OutboxEvent)).one()
-    assert event.type == "org.pacifica.metadata.ingest"
+        event = session.scalars(
+            select(OutboxEvent).where(OutboxEvent.type == "org.pacifica.metadata.ingest")
+        ).one()
     assert event.source == "/pacifica/metadata/ingest"
     tables = [entry["destinationTable"] for entry in event.data]
     assert tables.count("Files") == 3

@@ -21,6 +21,7 @@ def cart_event(session: Session, cart: Cart, kind: str) -> Event:
         type=kind,
         source="/api/v1/carts",
         subject=f"carts/{cart.id}",
+        owner=cart.owner,
         data={
             "id": cart.id,
             "status": cart.state,

@@ -8,12 +8,9 @@ receiver that was down hears when it is back. Any answer but 2xx is a failure.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import or_, select, update
@@ -26,7 +23,7 @@ from conveyor.carts.motrpac_messages import encode_notification
 from conveyor.db.models import Cart, CartItem, CartRequester, OutboxEvent
 from conveyor.db.types import utcnow
 from conveyor.errors import BadRequest
-from conveyor.events.outbox import as_cloudevent
+from conveyor.events.shapes import cloudevent
 from conveyor.jobs import service as jobs
 from conveyor.jobs import states as job_states
 from conveyor.jobs.context import JobContext
@@ -42,49 +39,6 @@ MOTRPAC = "motrpac"
 TIMEOUT_SECONDS = 30.0
 # Longer than one send can take (connect and read timeouts), so a claim outlives its send.
 CLAIM_SECONDS = 4 * TIMEOUT_SECONDS
-# Cloud metadata services answer on link-local addresses or these names.
-METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata"})
-
-
-def check_notify_url(url: str) -> str:
-    """``url`` if it may receive notifications; BadRequest otherwise.
-
-    Link-local, multicast and unspecified addresses and cloud-metadata names are refused,
-    however written (IPv4-mapped, integer or octal forms, a trailing dot) and whatever a
-    name resolves to: a notification must not make the server call its own cloud
-    credentials endpoint. The check runs again before every send.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadRequest(f"notify_url {url!r} must be an http(s) URL with a host")
-    host = parts.hostname.lower().rstrip(".")
-    if host in METADATA_HOSTS:
-        raise BadRequest(f"notify_url host {host!r} is a cloud metadata service")
-    for address in _addresses(host):
-        if address.is_link_local or address.is_multicast or address.is_unspecified:
-            raise BadRequest(
-                f"notify_url host {host!r} is (or resolves to) {address}, "
-                "a link-local, multicast or unspecified address"
-            )
-    return url
-
-
-def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The addresses ``host`` stands for: itself when literal, else what it resolves to."""
-    try:
-        found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ipaddress.ip_address(host)]
-    except ValueError:
-        try:
-            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-        except (socket.gaierror, UnicodeError):
-            return []  # unresolvable now: the send will fail, and is checked again then
-        found = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-    mapped = [
-        address.ipv4_mapped
-        for address in found
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
-    ]
-    return [*found, *mapped]
 
 
 def queue_notifications(session: Session, cart: Cart) -> int | None:
@@ -169,7 +123,7 @@ def _outcome_of(session: Session, cart: Cart) -> dict[str, Any]:
     files = sorted([*paths, *(str(item.get("path")) for item in cart.missing)])
     return {
         "ready": cart.state == states.READY,
-        "event": as_cloudevent(event) if event is not None else None,
+        "event": cloudevent(event) if event is not None else None,
         "zipfile": (cart.bundle_key or "").rsplit("/", 1)[-1],
         "files": files,
     }
@@ -185,7 +139,7 @@ def _send(
     if message is None or message["event"] is None:
         return False
     if requester["kind"] == WEBHOOK:
-        check_notify_url(requester["url"])
+        context.runtime.target_policy.check_url(requester["url"], "notify_url")
         answer = client.post(
             requester["url"],
             json=message["event"],

@@ -224,7 +224,11 @@ class OutboxEvent(Base):
     subject: Mapped[str | None] = mapped_column(String(1024), default=None)
     time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     data: Mapped[Any] = mapped_column(JSON)
-    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # When the dispatcher matched it against the subscriptions (its deliveries exist).
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None, index=True)
+    # Who may read it: its owner, members of its project, and admins.
+    owner: Mapped[str | None] = mapped_column(String(255), default=None)
+    project: Mapped[str | None] = mapped_column(String(255), default=None)
 
 
 class Cart(Timestamped, Base):
@@ -426,3 +430,69 @@ class MirrorRunFile(Base):
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Subscription(Timestamped, Base):
+    """A user's filter over events and the target that gets what passes it."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    # A JSONPath query; an event matches when it selects anything.
+    filter: Mapped[str] = mapped_column(Text)
+    # "rfc9535" or "jsonpath2" (the dialect Pacifica subscriptions are written in).
+    dialect: Mapped[str] = mapped_column(String(16))
+    # The event form matched and sent: "cloudevents" (1.0) or "pacifica" (0.1).
+    shape: Mapped[str] = mapped_column(String(16))
+    # Where deliveries go; any password lives sealed in ``auth_sealed`` instead.
+    target_url: Mapped[str] = mapped_column(Text)
+    # "structured" or "binary" CloudEvents content mode.
+    content_mode: Mapped[str] = mapped_column(String(16))
+    # Sealed (conveyor.secrets): the Standard Webhooks signing secret, and credentials.
+    secret_sealed: Mapped[str] = mapped_column(Text)
+    auth_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    extensions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Only events of these types (every type when empty).
+    types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Paused by its owner: no new deliveries are made for it.
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The consumer this subscription feeds, when it is a consumer's.
+    consumer: Mapped[str | None] = mapped_column(String(100), default=None)
+    # Circuit breaker: consecutive failures, and until when no delivery is tried.
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    circuit_open_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    circuit_trips: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class Delivery(Base):
+    """One event to one subscription's target, with its attempts."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "subscription_id"),
+        Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("outbox_events.id", ondelete="CASCADE")
+    )
+    subscription_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True
+    )
+    # pending, delivering, delivered or dead.
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    # The latest attempts: time, status, error, response excerpt, duration.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -29,3 +29,24 @@ def insert_missing(session: Session, model: type[Base], **values: Any) -> None:
         key = next(iter(values))
         statement = mysql.insert(model).values(**values).on_duplicate_key_update({key: values[key]})
     session.execute(statement)
+
+
+def insert_many_missing(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
+    """``INSERT`` every row whose unique keys are free; rows whose keys are taken are skipped.
+
+    As :func:`insert_missing`, the first key of each row is what MySQL/MariaDB's no-op
+    update touches.
+    """
+    if not rows:
+        return
+    statement: Executable
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        statement = postgresql.insert(model).values(rows).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite.insert(model).values(rows).on_conflict_do_nothing()
+    else:
+        key = next(iter(rows[0]))
+        inserted = mysql.insert(model).values(rows)
+        statement = inserted.on_duplicate_key_update({key: inserted.inserted[key]})
+    session.execute(statement)

@@ -21,6 +21,9 @@ class Event:
     source: str
     data: Any
     subject: str | None = None
+    # Who may read it (besides admins): its owner, and members of its project.
+    owner: str | None = None
+    project: str | None = None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time: datetime = field(default_factory=utcnow)
 
@@ -34,22 +37,10 @@ def record_event(session: Session, event: Event) -> OutboxEvent:
         subject=event.subject,
         time=event.time,
         data=event.data,
+        owner=event.owner,
+        project=event.project,
     )
     session.add(row)
+    # Dispatchers in this process are woken when the transaction commits.
+    session.info["events_recorded"] = True
     return row
-
-
-def as_cloudevent(row: OutboxEvent) -> dict[str, Any]:
-    """The stored event in CloudEvents 1.0 structured JSON form."""
-    event: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": row.id,
-        "type": row.type,
-        "source": row.source,
-        "time": row.time.isoformat().replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": row.data,
-    }
-    if row.subject:
-        event["subject"] = row.subject
-    return event

@@ -51,5 +51,7 @@ def ingest_event(transaction: Transaction, metadata: BundleMetadata, file_ids: l
         type=INGEST_EVENT_TYPE,
         source=INGEST_EVENT_SOURCE,
         subject=f"transactions/{transaction.id}",
+        owner=transaction.owner,
+        project=transaction.project,
         data=data,
     )

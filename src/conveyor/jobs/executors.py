@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from conveyor.events.dispatch import Dispatcher
 from conveyor.jobs import service
 from conveyor.jobs.runner import run_job
 
@@ -66,7 +67,10 @@ class InlineExecutor(Executor):
 
 
 class Sweeper:
-    """Re-dispatches due jobs every ``sweep_seconds``: never sent, retried, or orphaned."""
+    """Re-dispatches due jobs every ``sweep_seconds``: never sent, retried, or orphaned.
+
+    Wherever jobs are swept, events are dispatched too (outbox to subscribers).
+    """
 
     def __init__(self, runtime: Runtime, executor: Executor) -> None:
         self._runtime = runtime
@@ -74,10 +78,12 @@ class Sweeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="job-sweeper", daemon=True)
         self._last_run: dict[int, float] = {}
+        self._dispatcher = Dispatcher(runtime)
 
     def start(self) -> None:
-        """Begin sweeping."""
+        """Begin sweeping and dispatching events."""
         self._thread.start()
+        self._dispatcher.start()
 
     def sweep(self) -> int:
         """Dispatch every due job once; the number dispatched."""
@@ -103,10 +109,11 @@ class Sweeper:
                 log.warning("job sweep failed", exc_info=True)
 
     def stop(self) -> None:
-        """Stop sweeping."""
+        """Stop sweeping and dispatching."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        self._dispatcher.stop()
 
 
 class LocalExecutor(Executor):

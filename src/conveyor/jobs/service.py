@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from conveyor.db.engine import Database
 from conveyor.db.models import Job
 from conveyor.db.types import utcnow
+from conveyor.events.outbox import Event, record_event
 from conveyor.jobs import states
 
 
@@ -155,6 +156,36 @@ def finish(
         .where(Job.id == job_id)
         .values(**values)
         .execution_options(synchronize_session=False)
+    )
+    _record_finished(session, job_id)
+
+
+def _record_finished(session: Session, job_id: int) -> None:
+    """The job's outcome as an event, in the transaction that ends the job."""
+    job = session.execute(
+        select(Job.kind, Job.owner, Job.state, Job.task, Job.error, Job.item_errors)
+        .add_columns(Job.transaction_id)
+        .where(Job.id == job_id)
+    ).one_or_none()
+    if job is None:
+        return
+    record_event(
+        session,
+        Event(
+            type=f"org.conveyor.job.{job.state}",
+            source="/api/v1/jobs",
+            subject=f"jobs/{job_id}",
+            owner=job.owner,
+            data={
+                "id": job_id,
+                "kind": job.kind,
+                "state": job.state,
+                "task": job.task,
+                "error": job.error or None,
+                "item_errors": list(job.item_errors or [])[:10],
+                "transaction_id": job.transaction_id,
+            },
+        ),
     )
 
 

@@ -435,6 +435,7 @@ class MirrorRunner:
             type=RELEASE_PUBLISHED,
             source="/api/v1/mirrors",
             subject=f"mirrors/{self.name}/runs/{self.run_id}",
+            owner=self.owner,
             data={
                 "mirror": self.name,
                 "run": self.run_id,
@@ -479,13 +480,13 @@ def _finish_failed(
     """End the run in ``state`` and record the failure event."""
     with runtime.db.session() as session:
         found = session.execute(
-            select(MirrorRun, Mirror.name)
+            select(MirrorRun, Mirror.name, Mirror.owner)
             .join(Mirror, Mirror.id == MirrorRun.mirror_id)
             .where(MirrorRun.id == run_id)
         ).one_or_none()
         if found is None or found[0].state in states.FINISHED:
             return
-        run, name = found
+        run, name, owner = found
         session.execute(
             update(MirrorRun)
             .where(MirrorRun.id == run_id)
@@ -497,6 +498,7 @@ def _finish_failed(
                 type=RELEASE_FAILED,
                 source="/api/v1/mirrors",
                 subject=f"mirrors/{name}/runs/{run_id}",
+                owner=owner,
                 data={
                     "mirror": name,
                     "run": run_id,

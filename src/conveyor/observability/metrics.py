@@ -50,3 +50,14 @@ BIOMAJ_FILE_SIZE = Counter(
 BIOMAJ_FILE_TIME = Counter(
     "biomaj_download_file_time", "Bank download file time in seconds.", ["bank", "host"]
 )
+EVENTS_PUBLISHED = Counter(
+    "conveyor_events_published_total", "Outbox events matched against the subscriptions"
+)
+DELIVERIES = Counter(
+    "conveyor_deliveries_total", "Event delivery attempts by target kind", ["kind", "outcome"]
+)
+DELIVERY_LATENCY = Histogram(
+    "conveyor_delivery_latency_seconds",
+    "From an event's commit to its delivery",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600, 3600),
+)

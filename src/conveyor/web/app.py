@@ -15,13 +15,14 @@ from conveyor.config import Settings
 from conveyor.observability import metrics
 from conveyor.runtime import Runtime
 from conveyor.web import health, problems
-from conveyor.web.api_v1 import admin, carts, ingest, jobs, mirrors, transactions
+from conveyor.web.api_v1 import admin, carts, events, ingest, jobs, mirrors, transactions
 from conveyor.web.compat import (
     biomaj_download,
     motrpac,
     pacifica_archive,
     pacifica_cartd,
     pacifica_ingest,
+    pacifica_notifications,
     pacifica_policy,
 )
 
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for router in (
         carts.router,
         mirrors.router,
+        events.router,
         biomaj_download.router,
         pacifica_cartd.router,
         jobs.router,
@@ -101,6 +103,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         admin.router,
         pacifica_policy.router,
         pacifica_archive.router,
+        pacifica_notifications.router,
         motrpac.router,
     ):
         app.include_router(router)

@@ -11,6 +11,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from conveyor.http_headers import retry_after_seconds
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError
 from conveyor.mirror.integrity import CorruptFile
@@ -161,7 +162,11 @@ def _check(response: httpx.Response, url: str) -> None:
         )
     reason = f"{url}: HTTP {status} {response.reason_phrase}".rstrip()
     if status in THROTTLE_STATUSES:
-        raise SourceError(reason, throttled=True, retry_after=_retry_after(response))
+        raise SourceError(
+            reason,
+            throttled=True,
+            retry_after=retry_after_seconds(response.headers.get("retry-after")),
+        )
     raise SourceError(reason, permanent=status in PERMANENT_STATUSES)
 
 
@@ -171,17 +176,6 @@ def _check_end(response: httpx.Response, url: str, offset: int) -> None:
     if total.isdigit() and int(total) == offset:
         return
     raise CorruptFile(f"{url}: the file is now shorter than the {offset} bytes already fetched")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _entry_from_headers(name: str, headers: httpx.Headers) -> RemoteEntry:

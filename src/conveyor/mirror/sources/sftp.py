@@ -1,7 +1,7 @@
 """SFTP with asyncssh: known-hosts checks as BioMAJ's ``ssh_*`` options say, resume by offset.
 
 asyncssh reads a large span with many requests in flight (paramiko, pure Python, moved
-about 40 MB/s a stream here), so each source drives its connection on one shared event
+about 40 MB/s a stream here), so each source drives its connection on the process's background
 loop thread and hands results to its caller's thread.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import stat
-import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, TypeVar, cast
 
 import asyncssh
 
+from conveyor.aioloop import background_loop, run_on_loop
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError
 from conveyor.mirror.sources.base import Source, register
@@ -26,19 +26,6 @@ T = TypeVar("T")
 # A cut loses at most the span being read: the spans before it were handed over whole.
 READ_SPAN = 256 * 1024
 LIST_BATCH = 1000
-
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """The loop every SFTP connection of this process runs on, started on first use."""
-    global _loop
-    with _loop_lock:
-        if _loop is None:
-            _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="sftp-loop", daemon=True).start()
-        return _loop
 
 
 @register
@@ -108,7 +95,7 @@ class SftpSource(Source):
         connection, self._connection, self._sftp = self._connection, None, None
         if connection is not None:
             connection.close()
-            asyncio.run_coroutine_threadsafe(connection.wait_closed(), _event_loop())
+            asyncio.run_coroutine_threadsafe(connection.wait_closed(), background_loop())
 
     def _client(self) -> asyncssh.SFTPClient:
         if self._sftp is None:
@@ -165,7 +152,7 @@ class SftpSource(Source):
 
     def _call(self, operation: Coroutine[Any, Any, T], path: str) -> T:
         try:
-            return asyncio.run_coroutine_threadsafe(operation, _event_loop()).result()
+            return run_on_loop(operation)
         except SourceError:
             raise
         except (asyncssh.Error, OSError, TimeoutError) as error:

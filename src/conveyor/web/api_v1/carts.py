@@ -59,7 +59,9 @@ def create_cart(body: CartRequest, runtime: RuntimeDep, principal: PrincipalDep)
     requester = service.Requester(principal.user)
     if body.notify_url:
         requester = service.Requester(
-            principal.user, notify.WEBHOOK, notify.check_notify_url(body.notify_url)
+            principal.user,
+            notify.WEBHOOK,
+            runtime.target_policy.check_url(body.notify_url, "notify_url"),
         )
     with runtime.db.session() as session:
         items = service.resolve_items(session, principal, requested, body.transactions)

@@ -1,0 +1,465 @@
+"""The dispatcher: outbox events → deliveries (fan-out), and deliveries → targets (send).
+
+Both steps take their rows under a lease (``SKIP LOCKED`` where the database has it), so
+any number of dispatchers can run, in the server and in workers, and a killed one loses
+nothing: its claimed deliveries come due again when the lease ends. Delivery is
+at-least-once; the event id travels with every attempt as the receiver's idempotency key.
+
+A failed send is retried with exponential backoff and jitter until the attempts or the
+age run out, then the delivery is dead-lettered (and that is an event too). Failures in a
+row open a subscription's circuit breaker: no sends for a cool-down that grows with each
+trip, then a single probe; one success closes it. Nothing disables a subscription for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import and_, event, or_, select, update
+from sqlalchemy.orm import Session
+
+from conveyor.db.models import Delivery, OutboxEvent, Subscription
+from conveyor.db.types import iso_z, utcnow
+from conveyor.db.upsert import insert_many_missing
+from conveyor.errors import BadRequest
+from conveyor.events.filters import EventFilter, FilterError, compile_filter
+from conveyor.events.outbox import Event, record_event
+from conveyor.events.shapes import document, encode
+from conveyor.events.sinks import EventSink, Outcome, Outgoing, open_sink
+from conveyor.events.subscriptions import opened_secrets
+from conveyor.events.visibility import Readers
+from conveyor.observability import metrics
+from conveyor.secrets import SecretError
+
+if TYPE_CHECKING:
+    from conveyor.config import Settings
+    from conveyor.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PENDING, DELIVERING, DELIVERED, DEAD = "pending", "delivering", "delivered", "dead"
+DEAD_LETTERED = "org.conveyor.delivery.dead_lettered"
+FAN_OUT_BATCH = 200
+SEND_BATCH = 200
+INSERT_CHUNK = 1000
+HISTORY_KEPT = 10
+LEASE_SECONDS = 120.0
+BREAKER_MAX_COOLDOWN = 3600.0
+# How long a target host's policy check is trusted before it is checked (and resolved) again.
+POLICY_CHECK_SECONDS = 30.0
+# Idle dispatchers look for work this often; commits in this process wake them at once.
+POLL_SECONDS = 1.0
+
+_commit_listeners: list[threading.Event] = []
+
+
+@event.listens_for(Session, "after_commit")
+def _wake_after_commit(session: Session) -> None:
+    """Wake this process's dispatchers when a commit recorded events."""
+    if session.info.pop("events_recorded", False):
+        for listener in list(_commit_listeners):
+            listener.set()
+
+
+@dataclass
+class Claimed:
+    """A delivery this dispatcher holds, with what it needs to send and record it."""
+
+    delivery: Delivery
+    event: OutboxEvent
+    subscription: Subscription
+
+
+class Dispatcher:
+    """Fans events out and sends deliveries; ``run_once`` for a pass, ``start`` for a loop."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.name = f"dispatcher-{uuid.uuid4().hex[:12]}"
+        settings = runtime.settings
+        self._pool = ThreadPoolExecutor(settings.delivery_concurrency, thread_name_prefix="send")
+        self._sinks: dict[str, EventSink] = {}
+        self._sinks_lock = threading.Lock()
+        self._filters: dict[tuple[str, datetime], EventFilter | None] = {}
+        self._checked_hosts: dict[str, float] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Run passes in a background thread until :meth:`stop`."""
+        _commit_listeners.append(self._wake)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop, wait for the pass in progress, close every sink."""
+        self._stop.set()
+        self._wake.set()
+        if self._wake in _commit_listeners:
+            _commit_listeners.remove(self._wake)
+        if self._thread is not None:
+            self._thread.join()
+        self._pool.shutdown(wait=True)
+        with self._sinks_lock:
+            for sink in self._sinks.values():
+                sink.close()
+            self._sinks.clear()
+
+    def run_once(self) -> int:
+        """One pass: fan out new events, send due deliveries; how many rows it handled."""
+        return self.fan_out() + self.deliver_due()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handled = self.run_once()
+            except Exception:  # the database may be briefly away; try again shortly
+                log.warning("event dispatch pass failed", exc_info=True)
+                handled = 0
+            if not handled:
+                self._wake.wait(POLL_SECONDS)
+                self._wake.clear()
+
+    # Fan-out: events to deliveries.
+
+    def fan_out(self, limit: int = FAN_OUT_BATCH) -> int:
+        """Match unpublished events against live subscriptions and make their deliveries."""
+        with self.runtime.db.session() as session:
+            rows = list(
+                session.scalars(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.published_at.is_(None))
+                    .order_by(OutboxEvent.time, OutboxEvent.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not rows:
+                return 0
+            subscriptions = list(
+                session.scalars(
+                    select(Subscription).where(
+                        Subscription.deleted_at.is_(None), Subscription.paused.is_(False)
+                    )
+                )
+            )
+            readers = Readers.load(session, self.runtime.settings)
+            now = utcnow()
+            made = [
+                {
+                    "event_id": row.id,
+                    "subscription_id": subscription.id,
+                    "state": PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "last_error": "",
+                    "history": [],
+                    "created_at": now,
+                }
+                for row in rows
+                for subscription in subscriptions
+                if self._matches(subscription, row, readers)
+            ]
+            for start in range(0, len(made), INSERT_CHUNK):
+                insert_many_missing(session, Delivery, made[start : start + INSERT_CHUNK])
+            session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_([row.id for row in rows]))
+                .values(published_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        metrics.EVENTS_PUBLISHED.inc(len(rows))
+        if made:
+            self._wake.set()
+        return len(rows)
+
+    def _matches(self, subscription: Subscription, row: OutboxEvent, readers: Readers) -> bool:
+        return subscription_matches(subscription, row, readers, self._filters)
+
+    # Sending: deliveries to targets.
+
+    def deliver_due(self, limit: int = SEND_BATCH) -> int:
+        """Claim due deliveries, send them at once, record each outcome; how many were sent."""
+        claimed = self._claim(limit)
+        if not claimed:
+            return 0
+        outcomes = list(self._pool.map(self._send, claimed))
+        self._record(claimed, outcomes)
+        return len(claimed)
+
+    def _claim(self, limit: int) -> list[Claimed]:
+        now = utcnow()
+        due = or_(
+            and_(Delivery.state == PENDING, Delivery.next_attempt_at <= now),
+            and_(Delivery.state == DELIVERING, Delivery.lease_expires_at < now),
+        )
+        with self.runtime.db.session() as session:
+            candidates = session.execute(
+                select(Delivery.id, Delivery.subscription_id, Subscription.circuit_open_until)
+                .join(Subscription, Subscription.id == Delivery.subscription_id)
+                .where(
+                    due,
+                    Subscription.deleted_at.is_(None),
+                    Subscription.paused.is_(False),
+                    or_(
+                        Subscription.circuit_open_until.is_(None),
+                        Subscription.circuit_open_until <= now,
+                    ),
+                )
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True, of=Delivery)
+            ).all()
+            wanted = _one_probe_per_half_open(candidates)
+            if not wanted:
+                return []
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(wanted), due)
+                .values(
+                    state=DELIVERING,
+                    lease_owner=self.name,
+                    lease_expires_at=now + timedelta(seconds=LEASE_SECONDS),
+                )
+                .execution_options(synchronize_session=False)
+            )
+        with self.runtime.db.session() as session:
+            rows = session.execute(
+                select(Delivery, OutboxEvent, Subscription)
+                .join(OutboxEvent, OutboxEvent.id == Delivery.event_id)
+                .join(Subscription, Subscription.id == Delivery.subscription_id)
+                .where(Delivery.id.in_(wanted), Delivery.lease_owner == self.name)
+            ).all()
+            session.expunge_all()
+        return [Claimed(delivery, event_row, sub) for delivery, event_row, sub in rows]
+
+    def _send(self, claimed: Claimed) -> Outcome:
+        subscription = claimed.subscription
+        started = time.perf_counter()
+        try:
+            secret, auth = opened_secrets(subscription, self.runtime.sealer)
+            self._check_target(subscription.target_url)
+            doc = document(claimed.event, subscription.shape, subscription.extensions)
+            outgoing = Outgoing(
+                event_id=claimed.event.id,
+                event_type=claimed.event.type,
+                target_url=subscription.target_url,
+                message=encode(doc, subscription.shape, subscription.content_mode),
+                auth=auth,
+                secret=secret,
+            )
+            outcome = self._sink(subscription.target_url).send(outgoing)
+        except (BadRequest, SecretError) as error:
+            outcome = Outcome(False, error=str(error))
+        except Exception as error:  # a sink bug must fail this delivery, not the whole batch
+            log.exception("sending delivery %s failed", claimed.delivery.id)
+            outcome = Outcome(False, error=f"{type(error).__name__}: {error}")
+        outcome.extra["seconds"] = time.perf_counter() - started
+        return outcome
+
+    def _check_target(self, url: str) -> None:
+        host = urlsplit(url).hostname or ""
+        checked = self._checked_hosts.get(host)
+        if checked is not None and time.monotonic() - checked < POLICY_CHECK_SECONDS:
+            return
+        self.runtime.target_policy.check_host(host, "target")
+        self._checked_hosts[host] = time.monotonic()
+
+    def _sink(self, url: str) -> EventSink:
+        scheme = urlsplit(url).scheme.lower()
+        with self._sinks_lock:
+            sink = self._sinks.get(scheme)
+            if sink is None:
+                sink = open_sink(scheme, self.runtime.settings.delivery_timeout_seconds)
+                self._sinks[scheme] = sink
+            return sink
+
+    def _record(self, claimed: list[Claimed], outcomes: list[Outcome]) -> None:
+        now = utcnow()
+        settings = self.runtime.settings
+        changes: list[dict[str, Any]] = []
+        dead: list[tuple[Claimed, Outcome]] = []
+        by_subscription: dict[str, list[Outcome]] = defaultdict(list)
+        for item, outcome in zip(claimed, outcomes, strict=True):
+            delivery = item.delivery
+            attempts = delivery.attempts + 1
+            change: dict[str, Any] = {
+                "id": delivery.id,
+                "attempts": attempts,
+                "last_status": outcome.status,
+                "last_error": outcome.error,
+                "history": [*delivery.history, _attempt(now, outcome)][-HISTORY_KEPT:],
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
+            by_subscription[item.subscription.id].append(outcome)
+            age = (now - delivery.created_at).total_seconds()
+            if outcome.delivered:
+                change.update(state=DELIVERED, finished_at=now)
+            elif (
+                attempts >= settings.delivery_max_attempts
+                or age >= settings.delivery_max_age_seconds
+            ):
+                change.update(state=DEAD, finished_at=now)
+                dead.append((item, outcome))
+            else:
+                wait = max(backoff(attempts, settings), outcome.retry_after or 0.0)
+                change.update(state=PENDING, next_attempt_at=now + timedelta(seconds=wait))
+            changes.append(change)
+            _count(item, outcome, now)
+        with self.runtime.db.session() as session:
+            session.execute(update(Delivery), changes)
+            for subscription_id, results in by_subscription.items():
+                self._settle_breaker(session, subscription_id, results, now)
+            for item, outcome in dead:
+                if item.event.type != DEAD_LETTERED:
+                    record_event(session, dead_letter_event(item, outcome))
+
+    def _settle_breaker(
+        self,
+        session: Session,
+        subscription_id: str,
+        results: list[Outcome],
+        now: datetime,
+    ) -> None:
+        settings = self.runtime.settings
+        row = session.get(Subscription, subscription_id)
+        if row is None:
+            return
+        if any(result.delivered for result in results):
+            row.failures, row.circuit_open_until, row.circuit_trips = 0, None, 0
+            row.last_error = ""
+            return
+        row.failures += len(results)
+        row.last_error = results[-1].error
+        half_open = row.circuit_open_until is not None and row.circuit_open_until <= now
+        if half_open or row.failures >= settings.breaker_failures:
+            row.circuit_trips += 1
+            cooldown = settings.breaker_cooldown_seconds * 2 ** (row.circuit_trips - 1)
+            row.circuit_open_until = now + timedelta(seconds=min(cooldown, BREAKER_MAX_COOLDOWN))
+            log.warning(
+                "subscription %s: circuit open until %s after %d failures: %s",
+                row.id,
+                iso_z(row.circuit_open_until),
+                row.failures,
+                row.last_error,
+            )
+
+
+def subscription_matches(
+    subscription: Subscription,
+    row: OutboxEvent,
+    readers: Readers,
+    filters: dict[tuple[str, datetime], EventFilter | None],
+) -> bool:
+    """True when ``row`` goes to ``subscription``: its type, its owner's right, its filter.
+
+    ``filters`` caches compiled filters by subscription and version.
+    """
+    if subscription.types and row.type not in subscription.types:
+        return False
+    if not readers.may_read(subscription.owner, row):
+        return False
+    key = (subscription.id, subscription.updated_at)
+    if key not in filters:
+        try:
+            filters[key] = compile_filter(subscription.dialect, subscription.filter)
+        except FilterError:
+            log.warning("subscription %s has a filter that no longer parses", subscription.id)
+            filters[key] = None
+    compiled = filters[key]
+    if compiled is None:
+        return False
+    return compiled.matches(document(row, subscription.shape, subscription.extensions))
+
+
+def backoff(attempts: int, settings: Settings) -> float:
+    """Seconds before attempt ``attempts + 1``: doubling from the base, capped, half jittered."""
+    ceiling = float(
+        min(
+            settings.delivery_backoff_max_seconds,
+            settings.delivery_backoff_seconds * 2 ** (attempts - 1),
+        )
+    )
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not a secret
+
+
+def dead_letter_event(item: Claimed, outcome: Outcome) -> Event:
+    """The event that says a delivery was given up on, for its subscription's owner."""
+    delivery = item.delivery
+    return Event(
+        type=DEAD_LETTERED,
+        source="/api/v1/subscriptions",
+        subject=f"deliveries/{delivery.id}",
+        owner=item.subscription.owner,
+        data={
+            "delivery": delivery.id,
+            "event_id": item.event.id,
+            "event_type": item.event.type,
+            "subscription": item.subscription.id,
+            "subscription_name": item.subscription.name,
+            "attempts": delivery.attempts + 1,
+            "last_status": outcome.status,
+            "last_error": outcome.error,
+        },
+    )
+
+
+def _attempt(now: datetime, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "at": iso_z(now),
+        "delivered": outcome.delivered,
+        "status": outcome.status,
+        "error": outcome.error,
+        "excerpt": outcome.excerpt,
+        "seconds": round(float(outcome.extra.get("seconds", 0.0)), 4),
+    }
+
+
+def _count(item: Claimed, outcome: Outcome, now: datetime) -> None:
+    kind = urlsplit(item.subscription.target_url).scheme
+    metrics.DELIVERIES.labels(
+        kind=kind, outcome="delivered" if outcome.delivered else "failed"
+    ).inc()
+    if outcome.delivered:
+        metrics.DELIVERY_LATENCY.observe(max(0.0, (now - item.event.time).total_seconds()))
+
+
+def _one_probe_per_half_open(candidates: Iterable[Any]) -> list[int]:
+    """The delivery ids to take: all of a closed circuit's, one of each half-open circuit's."""
+    taken: list[int] = []
+    probing: set[str] = set()
+    for delivery_id, subscription_id, open_until in candidates:
+        if open_until is not None:
+            if subscription_id in probing:
+                continue
+            probing.add(subscription_id)
+        taken.append(delivery_id)
+    return taken
+
+
+def dispatch_until_idle(runtime: Runtime, rounds: int = 100) -> int:
+    """Run passes until one handles nothing (tests and one-shot tools); the rows handled."""
+    dispatcher = Dispatcher(runtime)
+    try:
+        total = 0
+        for _ in range(rounds):
+            handled = dispatcher.run_once()
+            total += handled
+            if not handled:
+                break
+        return total
+    finally:
+        dispatcher.stop()
