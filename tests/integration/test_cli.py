@@ -178,3 +178,52 @@ def test_json_logs_and_tracing_export_spans(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]
     assert any(record["logger"] == "conveyor.cli.server" for record in records)
     assert all({"time", "level", "logger", "message"} <= set(record) for record in records)
+
+
+def test_events_verbs_subscribe_list_and_replay(tmp_path: Path) -> None:
+    import json
+
+    from tests.support.receivers import running_receiver
+
+    data = tmp_path / "data"
+    with running_receiver() as receiver, running_server(data) as url:
+        made = run(
+            data,
+            "events",
+            "subscribe",
+            "hook",
+            f"{receiver.url}/in",
+            "--type",
+            "org.cli",
+            "--url",
+            url,
+        )
+        assert made.returncode == 0, made.stderr
+        subscription = json.loads(made.stdout)
+        assert subscription["secret"].startswith("whsec_")
+        assert "not shown again" in made.stderr
+        sent = httpx.post(
+            f"{url}/pacifica/notifications/receive",
+            json={"type": "org.cli", "source": "/cli", "id": "cli-1"},
+        )
+        assert sent.text == "cli-1"
+        receiver.wait_for(1)
+        listed = run(data, "events", "list", "--type", "org.cli", "--url", url)
+        assert [event["id"] for event in json.loads(listed.stdout)["events"]] == ["cli-1"]
+        shown = run(
+            data, "events", "deliveries", "--subscription", subscription["id"], "--url", url
+        )
+        [delivery] = json.loads(shown.stdout)["deliveries"]
+        assert delivery["state"] in ("delivering", "delivered")
+        again = run(data, "events", "replay", "cli-1", "--url", url)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["deliveries"] == [delivery["id"]]
+        receiver.wait_for(2)
+        assert {r.headers["webhook-id"] for r in receiver.requests} == {"cli-1"}
+        both = run(data, "events", "replay", "cli-1", "--delivery", "1", "--url", url)
+        assert both.returncode == 2
+        assert "not both" in both.stderr
+        gone = run(data, "events", "unsubscribe", subscription["id"], "--url", url)
+        assert gone.returncode == 0, gone.stderr
+        listed = run(data, "events", "subscriptions", "--url", url)
+        assert json.loads(listed.stdout) == {"subscriptions": []}

@@ -84,7 +84,8 @@ def upload(
             die(str(exc), code=1)
 
 
-def _call(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
+def call_api(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    """One API request; its JSON answer, or a one-line error and exit code 1."""
     with _client(url, token) as client:
         try:
             return client.request(method, path, **kwargs)
@@ -97,7 +98,7 @@ def job_show(
     job_id: int, url: UrlOption = "http://127.0.0.1:8080", token: TokenOption = None
 ) -> None:
     """Show one job."""
-    print_json(_call(url, token, "GET", f"/api/v1/jobs/{job_id}"))
+    print_json(call_api(url, token, "GET", f"/api/v1/jobs/{job_id}"))
 
 
 @job_app.command("list")
@@ -110,7 +111,7 @@ def job_list(
 ) -> None:
     """List jobs, newest first."""
     params = {k: v for k, v in {"state": state, "kind": kind, "limit": limit}.items() if v}
-    print_json(_call(url, token, "GET", "/api/v1/jobs", params=params)["jobs"])
+    print_json(call_api(url, token, "GET", "/api/v1/jobs", params=params)["jobs"])
 
 
 @job_app.command("set-state")
@@ -125,7 +126,7 @@ def job_set_state(
 ) -> None:
     """Force a job's state (admin), with the published ``job`` command's flags."""
     body = {"state": state, "task": task, "task_percent": task_percent, "exception": exception}
-    print_json(_call(url, token, "POST", f"/api/v1/jobs/{job_id}/state", json=body))
+    print_json(call_api(url, token, "POST", f"/api/v1/jobs/{job_id}/state", json=body))
 
 
 @job_app.command("retry")
@@ -133,4 +134,4 @@ def job_retry(
     job_id: int, url: UrlOption = "http://127.0.0.1:8080", token: TokenOption = None
 ) -> None:
     """Run a failed job again (admin)."""
-    print_json(_call(url, token, "POST", f"/api/v1/jobs/{job_id}/retry"))
+    print_json(call_api(url, token, "POST", f"/api/v1/jobs/{job_id}/retry"))

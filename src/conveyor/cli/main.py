@@ -6,6 +6,7 @@ import typer
 
 from conveyor.cli import client_cmds, server
 from conveyor.cli.biomaj_cmds import biomaj_app
+from conveyor.cli.events_cmds import events_app
 from conveyor.cli.mirror_cmds import mirror_app
 from conveyor.cli.motrpac_cmds import motrpac_app
 
@@ -21,5 +22,6 @@ app.add_typer(server.db_app, name="db")
 app.add_typer(server.admin_app, name="admin")
 app.add_typer(client_cmds.job_app, name="job")
 app.add_typer(mirror_app, name="mirror")
+app.add_typer(events_app, name="events")
 app.add_typer(biomaj_app, name="biomaj")
 app.add_typer(motrpac_app, name="motrpac")

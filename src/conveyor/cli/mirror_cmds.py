@@ -19,7 +19,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from conveyor.cli.client_cmds import TokenOption, UrlOption
+from conveyor.cli.client_cmds import TokenOption, UrlOption, call_api
 from conveyor.cli.common import die, err, print_json
 from conveyor.client.api import ApiError, ConveyorClient
 from conveyor.mirror.definition import MirrorDefinition, parse_definition
@@ -89,26 +89,26 @@ def add(
 @mirror_app.command("list")
 def list_mirrors(url: UrlOption = "http://127.0.0.1:8080", token: TokenOption = None) -> None:
     """The mirrors you own (all of them for an admin)."""
-    print_json(_call(url, token, "GET", "/api/v1/mirrors"))
+    print_json(call_api(url, token, "GET", "/api/v1/mirrors"))
 
 
 @mirror_app.command("show")
 def show(name: str, url: UrlOption = "http://127.0.0.1:8080", token: TokenOption = None) -> None:
     """One mirror: definition (no passwords), last release."""
-    print_json(_call(url, token, "GET", f"/api/v1/mirrors/{name}"))
+    print_json(call_api(url, token, "GET", f"/api/v1/mirrors/{name}"))
 
 
 @mirror_app.command("remove")
 def remove(name: str, url: UrlOption = "http://127.0.0.1:8080", token: TokenOption = None) -> None:
     """Remove a mirror (its published releases stay)."""
-    _call(url, token, "DELETE", f"/api/v1/mirrors/{name}")
+    call_api(url, token, "DELETE", f"/api/v1/mirrors/{name}")
     err.print(f"mirror {name} removed")
 
 
 @mirror_app.command("runs")
 def runs(name: str, url: UrlOption = "http://127.0.0.1:8080", token: TokenOption = None) -> None:
     """A mirror's runs, newest first."""
-    print_json(_call(url, token, "GET", f"/api/v1/mirrors/{name}/runs"))
+    print_json(call_api(url, token, "GET", f"/api/v1/mirrors/{name}/runs"))
 
 
 @mirror_app.command("cancel")
@@ -116,7 +116,7 @@ def cancel(
     run_id: int, url: UrlOption = "http://127.0.0.1:8080", token: TokenOption = None
 ) -> None:
     """Cancel a run; what it downloaded is kept for the next one."""
-    print_json(_call(url, token, "POST", f"/api/v1/mirror-runs/{run_id}/cancel"))
+    print_json(call_api(url, token, "POST", f"/api/v1/mirror-runs/{run_id}/cancel"))
 
 
 @mirror_app.command("run")
@@ -162,11 +162,3 @@ def _follow(client: ConveyorClient, run_id: int) -> dict[str, Any]:
             if state["state"] in FINISHED:
                 return state
             time.sleep(POLL_SECONDS)
-
-
-def _call(url: str, token: str | None, method: str, path: str) -> Any:
-    with ConveyorClient(url, token) as client:
-        try:
-            return client.request(method, path)
-        except ApiError as error:
-            die(error.message)

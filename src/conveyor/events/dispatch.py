@@ -54,7 +54,6 @@ FAN_OUT_BATCH = 200
 SEND_BATCH = 200
 INSERT_CHUNK = 1000
 HISTORY_KEPT = 10
-LEASE_SECONDS = 120.0
 BREAKER_MAX_COOLDOWN = 3600.0
 # How long a target host's policy check is trusted before it is checked (and resolved) again.
 POLICY_CHECK_SECONDS = 30.0
@@ -231,7 +230,7 @@ class Dispatcher:
                 .values(
                     state=DELIVERING,
                     lease_owner=self.name,
-                    lease_expires_at=now + timedelta(seconds=LEASE_SECONDS),
+                    lease_expires_at=now + timedelta(seconds=self._lease_seconds()),
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -244,6 +243,11 @@ class Dispatcher:
             ).all()
             session.expunge_all()
         return [Claimed(delivery, event_row, sub) for delivery, event_row, sub in rows]
+
+    def _lease_seconds(self) -> float:
+        """Long enough for a send (its timeout) to finish before the lease can be taken."""
+        settings = self.runtime.settings
+        return max(settings.lease_seconds, 3 * settings.delivery_timeout_seconds)
 
     def _send(self, claimed: Claimed) -> Outcome:
         subscription = claimed.subscription
