@@ -68,6 +68,16 @@ def test_a_bank_file_is_mirrored_and_published(client: TestClient, tmp_path: Pat
     assert sources["notes.txt"] == f"local://{root}/sub/notes.txt"
     content = client.get(f"/api/v1/files/{transaction['files'][0]['id']}/content")
     assert content.status_code == 200
+    # The release is a new transaction, told in the form Pacifica consumers filter on.
+    created = client.get("/api/v1/events", params={"type": "org.pacifica.metadata.ingest"})
+    [event] = created.json()["events"]
+    assert event["subject"] == f"transactions/{run['transaction_id']}"
+    files = [entry for entry in event["data"] if entry["destinationTable"] == "Files"]
+    assert sorted(entry["name"] for entry in files) == ["alu.a.gz", "alu.n.gz", "notes.txt"]
+    published = client.get(
+        "/api/v1/events", params={"type": "org.conveyor.mirror.release.published"}
+    )
+    assert published.json()["events"][0]["data"]["release"] == "2023-11-14"
 
 
 def test_an_unchanged_bank_is_up_to_date(client: TestClient, tmp_path: Path) -> None:

@@ -1,10 +1,18 @@
-"""The ``org.pacifica.metadata.ingest`` event a successful ingest records."""
+"""The ``org.pacifica.metadata.ingest`` event every new transaction records.
+
+Ingests, mirror releases and consumer outputs alike: the Pacifica shape is what the
+published consumers filter on, so each new transaction can trigger them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from conveyor.db.models import Transaction
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.db.models import File, Transaction, TransactionKeyValue
 from conveyor.events.outbox import Event
 from conveyor.ingest.metadata import BundleMetadata
 
@@ -18,6 +26,70 @@ def _time(value: Any) -> str | None:
 
 def ingest_event(transaction: Transaction, metadata: BundleMetadata, file_ids: list[int]) -> Event:
     """The event in the Pacifica shape: the ingested metadata list with assigned ids."""
+    files = (
+        {
+            "_id": file_id,
+            "name": entry.name,
+            "subdir": entry.subdir,
+            "size": entry.size,
+            "hashtype": entry.hashtype,
+            "hashsum": entry.hashsum,
+            "mimetype": entry.mimetype,
+            "ctime": _time(entry.ctime),
+            "mtime": _time(entry.mtime),
+        }
+        for file_id, entry in zip(file_ids, metadata.files, strict=True)
+    )
+    return _transaction_event(transaction, metadata.key_values, files)
+
+
+def stored_transaction_event(session: Session, transaction: Transaction) -> Event:
+    """The same event for a transaction whose rows are written (a mirror release, say)."""
+    key_values = [
+        (key, value)
+        for key, value in session.execute(
+            select(TransactionKeyValue.key, TransactionKeyValue.value)
+            .where(TransactionKeyValue.transaction_id == transaction.id)
+            .order_by(TransactionKeyValue.id)
+        )
+    ]
+    rows = session.execute(
+        select(
+            File.id,
+            File.name,
+            File.subdir,
+            File.size,
+            File.hashtype,
+            File.hashsum,
+            File.mimetype,
+            File.ctime,
+            File.mtime,
+        )
+        .where(File.transaction_id == transaction.id)
+        .order_by(File.id)
+    )
+    files = (
+        {
+            "_id": row.id,
+            "name": row.name,
+            "subdir": row.subdir,
+            "size": row.size,
+            "hashtype": row.hashtype,
+            "hashsum": row.hashsum,
+            "mimetype": row.mimetype,
+            "ctime": _time(row.ctime),
+            "mtime": _time(row.mtime),
+        }
+        for row in rows
+    )
+    return _transaction_event(transaction, key_values, files)
+
+
+def _transaction_event(
+    transaction: Transaction,
+    key_values: Iterable[tuple[str, str]],
+    files: Iterable[dict[str, Any]],
+) -> Event:
     data: list[dict[str, Any]] = [
         {"destinationTable": "Transactions._id", "value": transaction.id},
         {"destinationTable": "Transactions.submitter", "value": transaction.submitter},
@@ -30,23 +102,9 @@ def ingest_event(transaction: Transaction, metadata: BundleMetadata, file_ids: l
         )
     data.extend(
         {"destinationTable": "TransactionKeyValue", "key": key, "value": value}
-        for key, value in metadata.key_values
+        for key, value in key_values
     )
-    for file_id, entry in zip(file_ids, metadata.files, strict=True):
-        data.append(
-            {
-                "destinationTable": "Files",
-                "_id": file_id,
-                "name": entry.name,
-                "subdir": entry.subdir,
-                "size": entry.size,
-                "hashtype": entry.hashtype,
-                "hashsum": entry.hashsum,
-                "mimetype": entry.mimetype,
-                "ctime": _time(entry.ctime),
-                "mtime": _time(entry.mtime),
-            }
-        )
+    data.extend({"destinationTable": "Files", **entry} for entry in files)
     return Event(
         type=INGEST_EVENT_TYPE,
         source=INGEST_EVENT_SOURCE,

@@ -33,6 +33,7 @@ from conveyor.db.models import (
 )
 from conveyor.db.types import utcnow
 from conveyor.events.outbox import Event, record_event
+from conveyor.ingest.events import stored_transaction_event
 from conveyor.ingest.staging import discard
 from conveyor.jobs import service as jobs
 from conveyor.jobs import states as job_states
@@ -359,6 +360,8 @@ class MirrorRunner:
                     for key, value in self._key_values(release)
                 ],
             )
+            session.flush()
+            record_event(session, stored_transaction_event(session, transaction))
             record_event(session, self._published_event(transaction.id, release, count, size))
             session.execute(
                 update(Mirror)
