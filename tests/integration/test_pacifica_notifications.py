@@ -383,11 +383,6 @@ def test_receive_routes_to_matching_subscriptions(
     assert deliveries_of(client, outsider["uuid"]) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: /receive drops the posted event's own `extensions` "
-    "(_record_received in web/compat/pacifica_notifications.py never stores them)",
-)
 def test_receive_keeps_event_extensions(
     client: TestClient, runtime: Runtime, receiver: Receiver
 ) -> None:
@@ -404,6 +399,8 @@ def test_receive_keeps_event_extensions(
         "comExampleExtension": "value",
         "comExampleSubscriber": "conveyor",
     }
+    # The producer's time is kept (a zone-less Pacifica eventTime is read as UTC).
+    assert event["eventTime"].startswith(EVENTS_JSON["eventTime"][:19])
 
 
 def test_receive_by_non_admin_is_forbidden(client: TestClient, runtime: Runtime) -> None:

@@ -1,9 +1,10 @@
-"""A loopback TCP proxy in front of a real service that a test can break on purpose.
+"""Network faults on loopback: a proxy a test can break on purpose, and a silent listener.
 
 :meth:`TcpProxy.sever` drops every open connection (as a broker restart or a network cut
 would) while still accepting new ones; :meth:`TcpProxy.freeze` stops passing bytes on
 while keeping every connection open (a broker that stopped answering, or a black-holed
-route), until :meth:`TcpProxy.thaw`.
+route), until :meth:`TcpProxy.thaw`. :func:`silent_listener` accepts TCP connections and
+never says a word, as a wrong port or a hung server does.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 CHUNK = 65536
@@ -67,8 +68,8 @@ class TcpProxy:
         for thread in list(self._threads):
             thread.join(timeout=5)
 
-    def _start(self, target: object, name: str, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)  # type: ignore[arg-type]
+    def _start(self, target: Callable[..., None], name: str, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
 
@@ -124,3 +125,13 @@ def tcp_proxy(upstream_host: str, upstream_port: int) -> Iterator[TcpProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+@contextmanager
+def silent_listener() -> Iterator[int]:
+    """A loopback port whose connections complete (in the backlog) but never get an answer."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        _drop(listener)

@@ -229,6 +229,8 @@ class OutboxEvent(Base):
     # Who may read it: its owner, members of its project, and admins.
     owner: Mapped[str | None] = mapped_column(String(255), default=None)
     project: Mapped[str | None] = mapped_column(String(255), default=None)
+    # CloudEvents extension attributes a producer sent with it (``/receive``).
+    extensions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class Cart(Timestamped, Base):

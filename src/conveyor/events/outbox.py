@@ -24,6 +24,7 @@ class Event:
     # Who may read it (besides admins): its owner, and members of its project.
     owner: str | None = None
     project: str | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time: datetime = field(default_factory=utcnow)
 
@@ -39,6 +40,7 @@ def record_event(session: Session, event: Event) -> OutboxEvent:
         data=event.data,
         owner=event.owner,
         project=event.project,
+        extensions=event.extensions,
     )
     session.add(row)
     # Dispatchers in this process are woken when the transaction commits.

@@ -50,6 +50,8 @@ def cloudevent(row: OutboxEvent) -> dict[str, Any]:
     }
     if row.subject:
         event["subject"] = row.subject
+    for name, value in (row.extensions or {}).items():
+        event.setdefault(name, value)
     return event
 
 
@@ -61,7 +63,7 @@ def pacifica_event(row: OutboxEvent, extensions: dict[str, Any] | None = None) -
         "source": row.source,
         "eventID": row.id,
         "eventTime": iso_z(row.time),
-        "extensions": dict(extensions or {}),
+        "extensions": {**(row.extensions or {}), **(extensions or {})},
         "contentType": JSON_TYPE,
         "data": row.data,
     }
@@ -74,7 +76,7 @@ def document(row: OutboxEvent, shape: str, extensions: dict[str, Any]) -> dict[s
     event = cloudevent(row)
     # CloudEvents extension attributes sit beside the context attributes.
     for name, value in extensions.items():
-        event.setdefault(name, value)
+        event[name] = value
     return event
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.auth.principal import Principal
@@ -32,6 +34,29 @@ from conveyor.web.deps import RuntimeDep, get_principal
 router = APIRouter(prefix="/pacifica/notifications", tags=["pacifica notifications"])
 USER_HEADER = "http-remote-user"
 MAX_EVENT_BYTES = 64 * 1024 * 1024
+# CloudEvents 1.0 context attributes, and the 0.1 names the published producers send.
+CONTEXT_ATTRIBUTES = frozenset(
+    {
+        "id",
+        "source",
+        "specversion",
+        "type",
+        "datacontenttype",
+        "dataschema",
+        "subject",
+        "time",
+        "data",
+        "data_base64",
+        "cloudEventsVersion",
+        "eventType",
+        "eventID",
+        "eventTime",
+        "eventTypeVersion",
+        "schemaURL",
+        "contentType",
+        "extensions",
+    }
+)
 
 
 async def pacifica_principal(request: Request) -> Principal:
@@ -40,7 +65,8 @@ async def pacifica_principal(request: Request) -> Principal:
     settings = runtime.settings
     named = request.headers.get(USER_HEADER, "").strip()
     if settings.auth == "none" and named:
-        return Principal(named, admin=named in settings.admin_users, authenticated=False)
+        admin = named in settings.admin_users or named == settings.default_user
+        return Principal(named, admin=admin, authenticated=False)
     return await get_principal(request)
 
 
@@ -101,6 +127,8 @@ class EventMatchBody(BaseModel):
 @router.post("/receive", summary="Take an event from a producer")
 async def receive(request: Request, runtime: RuntimeDep, caller: CallerDep) -> Response:
     """Records the event in the outbox; the body of the answer is its id, as bare text."""
+    if not caller.admin:
+        raise Forbidden("only admins may send events to /receive")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -112,8 +140,6 @@ async def receive(request: Request, runtime: RuntimeDep, caller: CallerDep) -> R
         raise BadRequest(f"the event is not JSON: {error}") from None
     if not isinstance(document, dict):
         raise BadRequest("an event is a JSON object")
-    if not caller.admin:
-        raise Forbidden("only admins may send events to /receive")
     event_id = await run_in_threadpool(_record_received, runtime, caller, document)
     return PlainTextResponse(event_id)
 
@@ -128,22 +154,48 @@ def _record_received(runtime: Runtime, caller: Principal, document: dict[str, An
     event_id = str(given) if given else str(uuid.uuid4())
     if len(event_id) > 64:
         raise BadRequest("an event id is limited to 64 characters")
-    with runtime.db.session() as session:
-        if session.get(OutboxEvent, event_id) is not None:
-            return event_id
-        record_event(
-            session,
-            Event(
-                id=event_id,
-                type=event_type,
-                source=source,
-                subject=document.get("subject"),
-                data=document.get("data"),
-                owner=caller.user,
-                project=_project_of(document.get("data")),
-            ),
-        )
+    event = Event(
+        id=event_id,
+        type=event_type,
+        source=source,
+        subject=document.get("subject"),
+        data=document.get("data"),
+        owner=caller.user,
+        project=_project_of(document.get("data")),
+        extensions=_extensions_of(document),
+    )
+    sent_at = _time_of(document.get("eventTime") or document.get("time"))
+    if sent_at is not None:
+        event.time = sent_at
+    try:
+        with runtime.db.session() as session:
+            if session.get(OutboxEvent, event_id) is None:
+                record_event(session, event)
+    except IntegrityError:
+        pass  # the same event, stored by a request that was a moment faster
     return event_id
+
+
+def _extensions_of(document: dict[str, Any]) -> dict[str, Any]:
+    """Extension attributes: 0.1 keeps them in ``extensions``, 1.0 beside the others."""
+    if isinstance(document.get("extensions"), dict):
+        return dict(document["extensions"])
+    return {
+        name: value
+        for name, value in document.items()
+        if name not in CONTEXT_ATTRIBUTES and isinstance(value, str | int | bool)
+    }
+
+
+def _time_of(value: Any) -> datetime | None:
+    """When the producer says the event happened (no zone: UTC), if it says so readably."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _project_of(data: Any) -> str | None:

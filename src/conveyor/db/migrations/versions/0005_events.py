@@ -94,6 +94,9 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
         batch_op.add_column(sa.Column("owner", sa.String(length=255), nullable=True))
         batch_op.add_column(sa.Column("project", sa.String(length=255), nullable=True))
+        batch_op.add_column(
+            sa.Column("extensions", sa.JSON(), nullable=False, server_default=sa.text("'{}'"))
+        )
         batch_op.create_index(
             batch_op.f("ix_outbox_events_published_at"), ["published_at"], unique=False
         )
@@ -102,6 +105,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_outbox_events_published_at"))
+        batch_op.drop_column("extensions")
         batch_op.drop_column("project")
         batch_op.drop_column("owner")
 
