@@ -479,12 +479,12 @@ def test_bad_connection(make_runtime: Callable[..., Runtime], receiver: Receiver
 
         shown = client.get(f"{EVENTMATCH}/{made['uuid']}").json()
         assert shown["disabled"] is None
-        assert "ConnectError" in shown["error"]
+        assert "Connection refused" in shown["error"]
         [pending] = deliveries_of(client, made["uuid"])
         assert pending["state"] == "pending"
         assert pending["attempts"] == 1  # the open circuit holds the retries back
         assert pending["last_status"] is None
-        assert "ConnectError" in pending["last_error"]
+        assert "Connection refused" in pending["last_error"]
         native = client.get(f"/api/v1/subscriptions/{made['uuid']}").json()
         assert native["paused"] is False
         assert native["circuit"]["state"] == "open"

@@ -87,7 +87,10 @@ def answering_server(answer: Answer) -> Iterator[AnsweringServer]:
     server.daemon_threads = True
     answering = AnsweringServer(server, answer)
     box.append(answering)
-    thread = threading.Thread(target=server.serve_forever, name="answering", daemon=True)
+    # A short poll interval: shutdown() waits for one, and tests stop a server each.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="answering", daemon=True
+    )
     thread.start()
     try:
         yield answering

@@ -37,6 +37,8 @@ CANCELLED = "cancelled"
 # CloudEvents extension attribute names: lower-case letters and digits.
 EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 MAX_EXTENSIONS = 20
+# What an HTTP header value may hold and every client sends the same way.
+HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")
 
 
 class Credentials(BaseModel):
@@ -57,6 +59,12 @@ class Credentials(BaseModel):
         missing = [field for field in needed[self.type] if getattr(self, field) is None]
         if missing:
             raise ValueError(f"{self.type} credentials need {' and '.join(missing)}")
+        for field in ("token", "value"):
+            text = getattr(self, field)
+            if text is not None and not HEADER_VALUE.match(text):
+                raise ValueError(f"{field} must be printable ASCII (it is sent in a header)")
+        if self.username is not None and ":" in self.username:
+            raise ValueError("a Basic username cannot hold ':'")
         return self
 
     def stored(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from kombu import Connection
 
 from conveyor.errors import BadRequest
-from conveyor.events.sinks.base import EventSink, Outcome, Outgoing, register
+from conveyor.events.sinks.base import EventSink, Outcome, Outgoing, describe, register
 from conveyor.events.sinks.connections import ConnectionCache
 
 DEFAULT_EXCHANGE = "amq.topic"
@@ -29,8 +29,10 @@ class AmqpSink(EventSink):
 
     def __init__(self, timeout: float) -> None:
         super().__init__(timeout)
+        # A broken connection is collected (its sockets dropped), not closed politely: a
+        # polite close waits for a broker that may be the thing that hangs.
         self._connections: ConnectionCache[Connection] = ConnectionCache(
-            lambda connection: connection.release()
+            lambda connection: connection.collect()
         )
 
     @classmethod
@@ -62,18 +64,24 @@ class AmqpSink(EventSink):
                     delivery_mode=2,
                     message_id=outgoing.event_id,
                     retry=False,
+                    timeout=self.timeout,
+                    confirm_timeout=self.timeout,
                 )
         except Exception as error:  # kombu and amqp raise many kinds; each is "not delivered"
-            return Outcome(False, error=f"{type(error).__name__}: {error}")
+            return Outcome(False, error=describe(error, self.timeout))
         return Outcome(True)
 
     def _connect(self, broker: str) -> Connection:
         connection = Connection(
             broker,
             connect_timeout=self.timeout,
-            transport_options={"confirm_publish": True},
+            transport_options={
+                "confirm_publish": True,
+                "read_timeout": self.timeout,
+                "write_timeout": self.timeout,
+            },
         )
-        connection.ensure_connection(max_retries=1)
+        connection.ensure_connection(max_retries=0)
         return connection
 
     def close(self) -> None:

@@ -103,3 +103,11 @@ def open_sink(scheme: str, timeout: float) -> EventSink:
 def excerpt(text: str) -> str:
     """The start of a target's answer, short enough to keep with every attempt."""
     return text[:EXCERPT_CHARS]
+
+
+def describe(error: BaseException, timeout: float) -> str:
+    """A failed send's reason, readable even when the error carries no message."""
+    text = str(error)
+    if not text and isinstance(error, TimeoutError):
+        text = f"no answer within {timeout:g} s"
+    return f"{type(error).__name__}: {text or 'no detail given'}"

@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from conveyor.errors import BadRequest
-from conveyor.events.sinks.base import EventSink, Outcome, Outgoing, register
+from conveyor.events.sinks.base import EventSink, Outcome, Outgoing, describe, register
 from conveyor.events.sinks.connections import ConnectionCache
 
 DEFAULT_TOPIC = "conveyor/events"
@@ -43,7 +43,8 @@ class MqttSink(EventSink):
         parts = urlsplit(url)
         if not parts.hostname:
             raise BadRequest(f"MQTT target {url!r} needs a host")
-        if "+" in parts.path or "#" in parts.path:
+        topic = unquote(parts.path)
+        if "#" in url or "+" in topic or "#" in topic:
             raise BadRequest(f"MQTT target {url!r}: a topic to publish to has no wildcards")
 
     def send(self, outgoing: Outgoing) -> Outcome:
@@ -58,7 +59,7 @@ class MqttSink(EventSink):
                 if not info.is_published():
                     raise MqttUnavailable(f"no PUBACK within {self.timeout:g} s (rc {info.rc})")
         except Exception as error:  # paho raises several kinds; each is "not delivered"
-            return Outcome(False, error=f"{type(error).__name__}: {error}")
+            return Outcome(False, error=describe(error, self.timeout))
         return Outcome(True)
 
     def _connect(self, outgoing: Outgoing) -> mqtt.Client:

@@ -8,6 +8,7 @@ The event id goes in ``Nats-Msg-Id``, which JetStream uses to drop duplicates.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -16,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from conveyor.aioloop import run_on_loop
 from conveyor.errors import BadRequest
-from conveyor.events.sinks.base import EventSink, Outcome, Outgoing, register
+from conveyor.events.sinks.base import EventSink, Outcome, Outgoing, describe, register
 from conveyor.events.sinks.connections import ConnectionCache
 
 
@@ -38,8 +39,8 @@ class NatsSink(EventSink):
         parts = urlsplit(url)
         if not parts.hostname:
             raise BadRequest(f"NATS target {url!r} needs a host")
-        subject = parts.path.strip("/")
-        if "*" in subject or ">" in subject or " " in subject:
+        subject = unquote(parts.path.strip("/"))
+        if "*" in subject or ">" in subject or " " in subject or "#" in url:
             raise BadRequest(f"NATS target {url!r}: a subject to publish to has no wildcards")
 
     def send(self, outgoing: Outgoing) -> Outcome:
@@ -58,14 +59,15 @@ class NatsSink(EventSink):
             with self._clients.use(key, connect) as client:
                 run_on_loop(self._publish(client, subject, outgoing.message.body, headers))
         except Exception as error:  # nats-py raises many kinds; each is "not delivered"
-            return Outcome(False, error=f"{type(error).__name__}: {error}")
+            return Outcome(False, error=describe(error, self.timeout))
         return Outcome(True)
 
     async def _publish(
         self, client: NatsClient, subject: str, body: bytes, headers: dict[str, str]
     ) -> None:
-        await client.publish(subject, body, headers=headers)
-        await client.flush(timeout=int(max(1.0, self.timeout)))
+        async with asyncio.timeout(self.timeout):
+            await client.publish(subject, body, headers=headers)
+            await client.flush(timeout=int(max(1.0, self.timeout)))
 
     def _connect(self, server: str, username: str | None, outgoing: Outgoing) -> NatsClient:
         auth: dict[str, Any] = outgoing.auth or {}
@@ -73,14 +75,29 @@ class NatsSink(EventSink):
             "servers": [server],
             "connect_timeout": self.timeout,
             "allow_reconnect": False,
+            # One try: nats-py otherwise keeps trying for minutes after the send gave up.
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.1,
+            "error_cb": _quiet,
             "name": "conveyor",
         }
         if username:
             options["user"] = unquote(username)
             options["password"] = auth.get("password", "")
-        client: NatsClient = run_on_loop(nats.connect(**options), self.timeout + 1)
+        client: NatsClient = run_on_loop(_connect_within(options, self.timeout))
         return client
 
     def close(self) -> None:
         """Close every server connection."""
         self._clients.close_all()
+
+
+async def _connect_within(options: dict[str, Any], timeout: float) -> NatsClient:
+    """Connect, or give up (cancelling every retry) after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        client: NatsClient = await nats.connect(**options)
+        return client
+
+
+async def _quiet(error: Exception) -> None:
+    """nats-py reports connection errors here too; the send's outcome already says them."""
