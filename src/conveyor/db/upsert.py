@@ -35,18 +35,19 @@ def insert_many_missing(session: Session, model: type[Base], rows: list[dict[str
     """``INSERT`` every row whose unique keys are free; rows whose keys are taken are skipped.
 
     As :func:`insert_missing`, the first key of each row is what MySQL/MariaDB's no-op
-    update touches.
+    update touches. The rows go as one executemany of a cached statement, not as a
+    statement compiled for their count.
     """
     if not rows:
         return
     statement: Executable
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        statement = postgresql.insert(model).values(rows).on_conflict_do_nothing()
+        statement = postgresql.insert(model).on_conflict_do_nothing()
     elif dialect == "sqlite":
-        statement = sqlite.insert(model).values(rows).on_conflict_do_nothing()
+        statement = sqlite.insert(model).on_conflict_do_nothing()
     else:
         key = next(iter(rows[0]))
-        inserted = mysql.insert(model).values(rows)
+        inserted = mysql.insert(model)
         statement = inserted.on_duplicate_key_update({key: inserted.inserted[key]})
-    session.execute(statement)
+    session.execute(statement, rows)

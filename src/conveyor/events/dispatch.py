@@ -33,7 +33,8 @@ from conveyor.db.models import Delivery, OutboxEvent, Subscription
 from conveyor.db.types import iso_z, utcnow
 from conveyor.db.upsert import insert_many_missing
 from conveyor.errors import BadRequest
-from conveyor.events.filters import EventFilter, FilterError, compile_filter
+from conveyor.events.filters import EventFilter
+from conveyor.events.matching import Matcher, matchers
 from conveyor.events.outbox import Event, record_event
 from conveyor.events.shapes import document, encode
 from conveyor.events.sinks import EventSink, Outcome, Outgoing, open_sink
@@ -155,11 +156,12 @@ class Dispatcher:
                 )
             )
             readers = Readers.load(session, self.runtime.settings)
+            candidates = matchers(subscriptions, self._filters)
             now = utcnow()
             made = [
                 {
                     "event_id": row.id,
-                    "subscription_id": subscription.id,
+                    "subscription_id": subscription_id,
                     "state": PENDING,
                     "attempts": 0,
                     "next_attempt_at": now,
@@ -168,8 +170,7 @@ class Dispatcher:
                     "created_at": now,
                 }
                 for row in rows
-                for subscription in subscriptions
-                if self._matches(subscription, row, readers)
+                for subscription_id in _matching(candidates, row, readers)
             ]
             for start in range(0, len(made), INSERT_CHUNK):
                 insert_many_missing(session, Delivery, made[start : start + INSERT_CHUNK])
@@ -183,9 +184,6 @@ class Dispatcher:
         if made:
             self._wake.set()
         return len(rows)
-
-    def _matches(self, subscription: Subscription, row: OutboxEvent, readers: Readers) -> bool:
-        return subscription_matches(subscription, row, readers, self._filters)
 
     # Sending: deliveries to targets.
 
@@ -325,26 +323,30 @@ class Dispatcher:
             _count(item, outcome, now)
         with self.runtime.db.session() as session:
             session.execute(update(Delivery), changes)
+            healthy = [
+                subscription_id
+                for subscription_id, results in by_subscription.items()
+                if any(result.delivered for result in results)
+            ]
+            _close_circuits(session, healthy)
             for subscription_id, results in by_subscription.items():
-                self._settle_breaker(session, subscription_id, results, now)
+                if subscription_id not in healthy:
+                    self._count_failures(session, subscription_id, results, now)
             for item, outcome in dead:
                 if item.event.type != DEAD_LETTERED:
                     record_event(session, dead_letter_event(item, outcome))
 
-    def _settle_breaker(
+    def _count_failures(
         self,
         session: Session,
         subscription_id: str,
         results: list[Outcome],
         now: datetime,
     ) -> None:
+        """Add a batch's failures to the breaker; open it when they are too many in a row."""
         settings = self.runtime.settings
         row = session.get(Subscription, subscription_id)
         if row is None:
-            return
-        if any(result.delivered for result in results):
-            row.failures, row.circuit_open_until, row.circuit_trips = 0, None, 0
-            row.last_error = ""
             return
         row.failures += len(results)
         row.last_error = results[-1].error
@@ -362,31 +364,25 @@ class Dispatcher:
             )
 
 
-def subscription_matches(
-    subscription: Subscription,
-    row: OutboxEvent,
-    readers: Readers,
-    filters: dict[tuple[str, datetime], EventFilter | None],
-) -> bool:
-    """True when ``row`` goes to ``subscription``: its type, its owner's right, its filter.
+def _matching(candidates: list[Matcher], row: OutboxEvent, readers: Readers) -> list[str]:
+    """The ids of the subscriptions the event goes to."""
+    documents: dict[str, dict[str, Any]] = {}
+    return [c.subscription_id for c in candidates if c.matches(row, readers, documents)]
 
-    ``filters`` caches compiled filters by subscription and version.
-    """
-    if subscription.types and row.type not in subscription.types:
-        return False
-    if not readers.may_read(subscription.owner, row):
-        return False
-    key = (subscription.id, subscription.updated_at)
-    if key not in filters:
-        try:
-            filters[key] = compile_filter(subscription.dialect, subscription.filter)
-        except FilterError:
-            log.warning("subscription %s has a filter that no longer parses", subscription.id)
-            filters[key] = None
-    compiled = filters[key]
-    if compiled is None:
-        return False
-    return compiled.matches(document(row, subscription.shape, subscription.extensions))
+
+def _close_circuits(session: Session, subscription_ids: list[str]) -> None:
+    """One success closes a circuit and forgets the failures (one statement for a batch)."""
+    if not subscription_ids:
+        return
+    session.execute(
+        update(Subscription)
+        .where(
+            Subscription.id.in_(subscription_ids),
+            or_(Subscription.failures != 0, Subscription.circuit_open_until.is_not(None)),
+        )
+        .values(failures=0, circuit_open_until=None, circuit_trips=0, last_error="")
+        .execution_options(synchronize_session=False)
+    )
 
 
 def backoff(attempts: int, settings: Settings) -> float:

@@ -19,8 +19,8 @@ from conveyor.db.models import Delivery, OutboxEvent, Subscription
 from conveyor.db.types import iso_z, utcnow
 from conveyor.db.upsert import insert_missing
 from conveyor.errors import BadRequest, NotFound
-from conveyor.events.dispatch import PENDING, subscription_matches
-from conveyor.events.filters import EventFilter
+from conveyor.events.dispatch import PENDING
+from conveyor.events.matching import FilterCache, matchers
 from conveyor.events.shapes import cloudevent
 from conveyor.events.visibility import Readers, readable_events
 
@@ -158,8 +158,14 @@ def replay_event(
     if subscription_id is not None and not subscriptions:
         raise NotFound(f"no subscription {subscription_id}")
     readers = Readers.load(session, settings)
-    filters: dict[tuple[str, datetime], EventFilter | None] = {}
-    matching = [s for s in subscriptions if subscription_matches(s, row, readers, filters)]
+    filters: FilterCache = {}
+    documents: dict[str, dict[str, Any]] = {}
+    chosen = {
+        matcher.subscription_id
+        for matcher in matchers(subscriptions, filters)
+        if matcher.matches(row, readers, documents)
+    }
+    matching = [s for s in subscriptions if s.id in chosen]
     now = utcnow()
     for subscription in matching:
         insert_missing(

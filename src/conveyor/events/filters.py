@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jsonpath_rfc9535
 from jsonpath2.path import Path as Jsonpath2Path
+from jsonpath_rfc9535.filter_expressions import (
+    FilterContext,
+    FilterExpression,
+    RelativeFilterQuery,
+    RootFilterQuery,
+)
+from jsonpath_rfc9535.segments import JSONPathChildSegment
+from jsonpath_rfc9535.selectors import FilterSelector
 
 Dialect = Literal["rfc9535", "jsonpath2"]
 DIALECTS: tuple[Dialect, ...] = ("rfc9535", "jsonpath2")
@@ -61,11 +70,98 @@ def _rfc9535(text: str) -> Callable[[Any], bool]:
         query = jsonpath_rfc9535.compile(text)
     except jsonpath_rfc9535.JSONPathError as error:
         raise FilterError(f"not an RFC 9535 JSONPath query: {error}") from None
+    predicate = _root_predicate(query)
+    if predicate is not None:
+        # `$[?<test of $ only>]` selects every member of the event when the test holds:
+        # one evaluation answers, instead of one per member (an eighth of the work), and
+        # each `$` query in it is answered once per event for every filter that asks it.
+        _share_root_queries(predicate)
+        environment = query.env
+
+        def holds(document: Any) -> bool:
+            if not isinstance(document, dict | list) or not document:
+                return False
+            if _shared.document is not document:
+                _shared.document, _shared.results = document, {}
+            context = FilterContext(env=environment, current=document, root=document)
+            return bool(predicate.evaluate(context))
+
+        return holds
 
     def matches(document: Any) -> bool:
         return next(iter(query.finditer(document)), None) is not None
 
     return matches
+
+
+def _root_predicate(query: jsonpath_rfc9535.JSONPathQuery) -> FilterExpression | None:
+    """The filter of a query ``$[?expr]`` whose ``expr`` reads only ``$``; else None."""
+    if len(query.segments) != 1:
+        return None
+    segment = query.segments[0]
+    if not isinstance(segment, JSONPathChildSegment) or len(segment.selectors) != 1:
+        return None
+    selector = segment.selectors[0]
+    if not isinstance(selector, FilterSelector):
+        return None
+    if _reads_current_node(selector.expression):
+        return None
+    return selector.expression
+
+
+class _SharedRootQuery(RootFilterQuery):
+    """A ``$`` query whose result, per event, is shared by every filter that asks it."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, original: RootFilterQuery) -> None:
+        super().__init__(original.token, original.query)
+        self.key = str(original.query)
+
+    def evaluate(self, context: FilterContext) -> object:
+        """The query's nodes in this event, computed once."""
+        results: dict[str, object] = _shared.results
+        found = results.get(self.key)
+        if found is None:
+            found = results[self.key] = super().evaluate(context)
+        return found
+
+
+class _SharedResults(threading.local):
+    """The event being matched in this thread, and the ``$`` query results found in it."""
+
+    document: Any = None
+    results: dict[str, object] = {}
+
+
+_shared = _SharedResults()
+
+
+def _share_root_queries(expression: Any) -> None:
+    """Swap each ``$`` query of a filter expression for one that shares its results."""
+    for name in ("expression", "left", "right"):
+        child = getattr(expression, name, None)
+        if isinstance(child, RootFilterQuery):
+            setattr(expression, name, _SharedRootQuery(child))
+        elif child is not None:
+            _share_root_queries(child)
+    arguments = getattr(expression, "args", None)
+    if arguments:
+        swapped = [
+            _SharedRootQuery(arg) if isinstance(arg, RootFilterQuery) else arg for arg in arguments
+        ]
+        for arg in swapped:
+            _share_root_queries(arg)
+        expression.args = swapped
+
+
+def _reads_current_node(expression: Any) -> bool:
+    """True when the filter expression holds an ``@`` query (outside nested queries)."""
+    if isinstance(expression, RelativeFilterQuery):
+        return True
+    children = [getattr(expression, name, None) for name in ("expression", "left", "right")]
+    children.extend(getattr(expression, "args", None) or [])
+    return any(child is not None and _reads_current_node(child) for child in children)
 
 
 def _jsonpath2(text: str) -> Callable[[Any], bool]:
