@@ -19,14 +19,14 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, event, or_, select, update
+from sqlalchemy import Table, and_, bindparam, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import Delivery, OutboxEvent, Subscription
@@ -34,7 +34,7 @@ from conveyor.db.types import iso_z, utcnow
 from conveyor.db.upsert import insert_many_missing
 from conveyor.errors import BadRequest
 from conveyor.events.filters import EventFilter
-from conveyor.events.matching import Matcher, matchers
+from conveyor.events.matching import matchers
 from conveyor.events.outbox import Event, record_event
 from conveyor.events.shapes import document, encode
 from conveyor.events.sinks import EventSink, Outcome, Outgoing, open_sink
@@ -60,6 +60,8 @@ BREAKER_MAX_COOLDOWN = 3600.0
 POLICY_CHECK_SECONDS = 30.0
 # Idle dispatchers look for work this often; commits in this process wake them at once.
 POLL_SECONDS = 1.0
+# Sender loops per dispatcher (each claims, sends and records its own batches).
+SENDERS = 2
 
 _commit_listeners: list[threading.Event] = []
 
@@ -93,24 +95,38 @@ class Dispatcher:
         self._sinks_lock = threading.Lock()
         self._filters: dict[tuple[str, datetime], EventFilter | None] = {}
         self._checked_hosts: dict[str, float] = {}
+        self._opened: dict[tuple[str, datetime], tuple[str, dict[str, Any] | None]] = {}
         self._wake = threading.Event()
+        self._sends_due = threading.Event()
+        self._claiming = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Run passes in a background thread until :meth:`stop`."""
-        _commit_listeners.append(self._wake)
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-        self._thread.start()
+        """Fan out in one thread and send in SENDERS others until :meth:`stop`.
+
+        Two sender loops keep sends in flight while the other records a batch or claims the
+        next one, so targets are never idle waiting for the database.
+        """
+        _commit_listeners.extend((self._wake, self._sends_due))
+        loops = [(self.fan_out, self._wake), *[(self.deliver_due, self._sends_due)] * SENDERS]
+        for number, (work, wake) in enumerate(loops):
+            thread = threading.Thread(
+                target=self._loop, args=(work, wake), name=f"{self.name}-{number}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
-        """Stop the loop, wait for the pass in progress, close every sink."""
+        """Stop the loops, wait for the passes in progress, close every sink."""
         self._stop.set()
         self._wake.set()
-        if self._wake in _commit_listeners:
-            _commit_listeners.remove(self._wake)
-        if self._thread is not None:
-            self._thread.join()
+        self._sends_due.set()
+        for listener in (self._wake, self._sends_due):
+            if listener in _commit_listeners:
+                _commit_listeners.remove(listener)
+        for thread in self._threads:
+            thread.join()
         self._pool.shutdown(wait=True)
         with self._sinks_lock:
             for sink in self._sinks.values():
@@ -121,16 +137,16 @@ class Dispatcher:
         """One pass: fan out new events, send due deliveries; how many rows it handled."""
         return self.fan_out() + self.deliver_due()
 
-    def _loop(self) -> None:
+    def _loop(self, work: Callable[[], int], wake: threading.Event) -> None:
         while not self._stop.is_set():
             try:
-                handled = self.run_once()
+                handled = work()
             except Exception:  # the database may be briefly away; try again shortly
                 log.warning("event dispatch pass failed", exc_info=True)
                 handled = 0
             if not handled:
-                self._wake.wait(POLL_SECONDS)
-                self._wake.clear()
+                wake.wait(POLL_SECONDS)
+                wake.clear()
 
     # Fan-out: events to deliveries.
 
@@ -170,7 +186,7 @@ class Dispatcher:
                     "created_at": now,
                 }
                 for row in rows
-                for subscription_id in _matching(candidates, row, readers)
+                for subscription_id in candidates.matching(row, readers)
             ]
             for start in range(0, len(made), INSERT_CHUNK):
                 insert_many_missing(session, Delivery, made[start : start + INSERT_CHUNK])
@@ -182,14 +198,16 @@ class Dispatcher:
             )
         metrics.EVENTS_PUBLISHED.inc(len(rows))
         if made:
-            self._wake.set()
+            self._sends_due.set()
         return len(rows)
 
     # Sending: deliveries to targets.
 
     def deliver_due(self, limit: int = SEND_BATCH) -> int:
         """Claim due deliveries, send them at once, record each outcome; how many were sent."""
-        claimed = self._claim(limit)
+        # This process's sender loops claim one at a time, so each gets a batch of its own.
+        with self._claiming:
+            claimed = self._claim(limit)
         if not claimed:
             return 0
         outcomes = list(self._pool.map(self._send, claimed))
@@ -247,11 +265,19 @@ class Dispatcher:
         settings = self.runtime.settings
         return max(settings.lease_seconds, 3 * settings.delivery_timeout_seconds)
 
+    def _secrets(self, subscription: Subscription) -> tuple[str, dict[str, Any] | None]:
+        """The subscription's opened secret and credentials, opened once per version."""
+        key = (subscription.id, subscription.updated_at)
+        opened = self._opened.get(key)
+        if opened is None:
+            opened = self._opened[key] = opened_secrets(subscription, self.runtime.sealer)
+        return opened
+
     def _send(self, claimed: Claimed) -> Outcome:
         subscription = claimed.subscription
         started = time.perf_counter()
         try:
-            secret, auth = opened_secrets(subscription, self.runtime.sealer)
+            secret, auth = self._secrets(subscription)
             self._check_target(subscription.target_url)
             doc = document(claimed.event, subscription.shape, subscription.extensions)
             outgoing = Outgoing(
@@ -297,14 +323,17 @@ class Dispatcher:
         for item, outcome in zip(claimed, outcomes, strict=True):
             delivery = item.delivery
             attempts = delivery.attempts + 1
+            # Every change has the same keys: the batch is one executemany.
             change: dict[str, Any] = {
-                "id": delivery.id,
+                "row_id": delivery.id,
                 "attempts": attempts,
                 "last_status": outcome.status,
                 "last_error": outcome.error,
                 "history": [*delivery.history, _attempt(now, outcome)][-HISTORY_KEPT:],
                 "lease_owner": None,
                 "lease_expires_at": None,
+                "next_attempt_at": delivery.next_attempt_at,
+                "finished_at": None,
             }
             by_subscription[item.subscription.id].append(outcome)
             age = (now - delivery.created_at).total_seconds()
@@ -322,7 +351,12 @@ class Dispatcher:
             changes.append(change)
             _count(item, outcome, now)
         with self.runtime.db.session() as session:
-            session.execute(update(Delivery), changes)
+            table = cast(Table, Delivery.__table__)
+            session.execute(
+                update(table).where(table.c.id == bindparam("row_id")),
+                changes,
+                execution_options={"synchronize_session": False},
+            )
             healthy = [
                 subscription_id
                 for subscription_id, results in by_subscription.items()
@@ -362,12 +396,6 @@ class Dispatcher:
                 row.failures,
                 row.last_error,
             )
-
-
-def _matching(candidates: list[Matcher], row: OutboxEvent, readers: Readers) -> list[str]:
-    """The ids of the subscriptions the event goes to."""
-    documents: dict[str, dict[str, Any]] = {}
-    return [c.subscription_id for c in candidates if c.matches(row, readers, documents)]
 
 
 def _close_circuits(session: Session, subscription_ids: list[str]) -> None:

@@ -159,12 +159,7 @@ def replay_event(
         raise NotFound(f"no subscription {subscription_id}")
     readers = Readers.load(session, settings)
     filters: FilterCache = {}
-    documents: dict[str, dict[str, Any]] = {}
-    chosen = {
-        matcher.subscription_id
-        for matcher in matchers(subscriptions, filters)
-        if matcher.matches(row, readers, documents)
-    }
+    chosen = set(matchers(subscriptions, filters).matching(row, readers))
     matching = [s for s in subscriptions if s.id in chosen]
     now = utcnow()
     for subscription in matching:

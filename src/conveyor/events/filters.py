@@ -10,15 +10,17 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jsonpath_rfc9535
 from jsonpath2.path import Path as Jsonpath2Path
 from jsonpath_rfc9535.filter_expressions import (
+    ComparisonExpression,
     FilterContext,
     FilterExpression,
+    FilterExpressionLiteral,
     RelativeFilterQuery,
     RootFilterQuery,
 )
@@ -35,12 +37,42 @@ class FilterError(ValueError):
 
 
 @dataclass(frozen=True)
+class EqualityTest:
+    """A filter that is ``$[?<singular $ query> == <literal>]``: many such filters on the
+    same query are decided together by reading the query's value once and looking it up."""
+
+    query_key: str
+    query: jsonpath_rfc9535.JSONPathQuery
+    literal: Hashable
+
+    def value_key(self, document: Any) -> Hashable | None:
+        """The comparable form of the query's one value in ``document``, if it has one."""
+        nodes = self.query.find(document)
+        return comparable(nodes[0].value) if len(nodes) == 1 else None
+
+
+def comparable(value: Any) -> Hashable | None:
+    """A key equal for exactly the JSON values RFC 9535 ``==`` calls equal (1 == 1.0, but
+    true is not 1); None for objects and arrays, which no literal equals."""
+    if isinstance(value, bool):
+        return ("boolean", value)
+    if isinstance(value, int | float):
+        return ("number", value)
+    if isinstance(value, str):
+        return ("string", value)
+    if value is None:
+        return ("null", None)
+    return None
+
+
+@dataclass(frozen=True)
 class EventFilter:
     """A parsed query and the function that tells whether a document matches it."""
 
     dialect: Dialect
     text: str
     _matches: Callable[[Any], bool]
+    equality: EqualityTest | None = None
 
     def matches(self, document: Any) -> bool:
         """True when the query selects at least one node of ``document``."""
@@ -61,15 +93,19 @@ def compile_filter(dialect: str, text: str) -> EventFilter:
     if len(stripped) > MAX_FILTER_CHARS:
         raise FilterError(f"a JSONPath filter is limited to {MAX_FILTER_CHARS} characters")
     if dialect == "rfc9535":
-        return EventFilter("rfc9535", stripped, _rfc9535(stripped))
+        return _rfc9535(stripped)
     return EventFilter("jsonpath2", stripped, _jsonpath2(stripped))
 
 
-def _rfc9535(text: str) -> Callable[[Any], bool]:
+def _rfc9535(text: str) -> EventFilter:
     try:
         query = jsonpath_rfc9535.compile(text)
     except jsonpath_rfc9535.JSONPathError as error:
         raise FilterError(f"not an RFC 9535 JSONPath query: {error}") from None
+    return EventFilter("rfc9535", text, _rfc9535_matcher(query), _equality(query))
+
+
+def _rfc9535_matcher(query: jsonpath_rfc9535.JSONPathQuery) -> Callable[[Any], bool]:
     predicate = _root_predicate(query)
     if predicate is not None:
         # `$[?<test of $ only>]` selects every member of the event when the test holds:
@@ -92,6 +128,24 @@ def _rfc9535(text: str) -> Callable[[Any], bool]:
         return next(iter(query.finditer(document)), None) is not None
 
     return matches
+
+
+def _equality(query: jsonpath_rfc9535.JSONPathQuery) -> EqualityTest | None:
+    """The equality test ``query`` is, when it is one (see :class:`EqualityTest`)."""
+    predicate = _root_predicate(query)
+    comparison = predicate.expression if predicate is not None else None
+    if not isinstance(comparison, ComparisonExpression) or comparison.operator != "==":
+        return None
+    for side, other in ((comparison.left, comparison.right), (comparison.right, comparison.left)):
+        if (
+            isinstance(side, RootFilterQuery)
+            and side.query.singular_query()
+            and isinstance(other, FilterExpressionLiteral)
+        ):
+            literal = comparable(other.value)
+            if literal is not None:
+                return EqualityTest(str(side.query), side.query, literal)
+    return None
 
 
 def _root_predicate(query: jsonpath_rfc9535.JSONPathQuery) -> FilterExpression | None:

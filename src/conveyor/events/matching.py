@@ -8,11 +8,12 @@ and each event is shaped once per form for all subscriptions that add no extensi
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from conveyor.db.models import OutboxEvent, Subscription
-from conveyor.events.filters import EventFilter, FilterError, compile_filter
+from conveyor.events.filters import EqualityTest, EventFilter, FilterError, compile_filter
 from conveyor.events.shapes import document
 from conveyor.events.visibility import Readers
 
@@ -31,6 +32,12 @@ class Matcher(NamedTuple):
     extensions: dict[str, Any]
     event_filter: EventFilter
 
+    def admits(self, row: OutboxEvent, readers: Readers) -> bool:
+        """True when the event is of a wanted type and the owner may read it."""
+        if self.types and row.type not in self.types:
+            return False
+        return readers.may_read(self.owner, row)
+
     def matches(
         self,
         row: OutboxEvent,
@@ -41,9 +48,7 @@ class Matcher(NamedTuple):
 
         ``documents`` holds this event's shapes already made (one dict per event).
         """
-        if self.types and row.type not in self.types:
-            return False
-        if not readers.may_read(self.owner, row):
+        if not self.admits(row, readers):
             return False
         if self.extensions:
             return self.event_filter.matches(document(row, self.shape, self.extensions))
@@ -53,9 +58,44 @@ class Matcher(NamedTuple):
         return self.event_filter.matches(shaped)
 
 
-def matchers(subscriptions: list[Subscription], filters: FilterCache) -> list[Matcher]:
-    """A matcher per subscription whose filter parses; ``filters`` caches compiled filters
-    by subscription and version across passes."""
+class MatcherSet:
+    """Every live subscription's matcher, with equality filters indexed.
+
+    Subscriptions whose filter is ``$[?<query> == <literal>]`` (and that add no extensions)
+    are grouped by shape and query: the query is read once per event and its value looked up,
+    so a hundred such subscriptions cost one query, not a hundred.
+    """
+
+    def __init__(self, found: list[Matcher]) -> None:
+        self.general: list[Matcher] = []
+        self.indexed: dict[tuple[str, str], tuple[EqualityTest, dict[Hashable, list[Matcher]]]]
+        self.indexed = {}
+        for matcher in found:
+            test = matcher.event_filter.equality
+            if test is None or matcher.extensions:
+                self.general.append(matcher)
+                continue
+            _, table = self.indexed.setdefault((matcher.shape, test.query_key), (test, {}))
+            table.setdefault(test.literal, []).append(matcher)
+
+    def matching(self, row: OutboxEvent, readers: Readers) -> list[str]:
+        """The ids of the subscriptions the event goes to."""
+        documents: dict[str, dict[str, Any]] = {}
+        chosen = [m.subscription_id for m in self.general if m.matches(row, readers, documents)]
+        for (shape, _), (test, table) in self.indexed.items():
+            shaped = documents.get(shape)
+            if shaped is None:
+                shaped = documents[shape] = document(row, shape, {})
+            value = test.value_key(shaped)
+            if value is None:
+                continue
+            chosen.extend(m.subscription_id for m in table.get(value, ()) if m.admits(row, readers))
+        return chosen
+
+
+def matchers(subscriptions: list[Subscription], filters: FilterCache) -> MatcherSet:
+    """The matchers of the subscriptions whose filter parses; ``filters`` caches compiled
+    filters by subscription and version across passes."""
     made = []
     for subscription in subscriptions:
         key = (subscription.id, subscription.updated_at)
@@ -77,4 +117,4 @@ def matchers(subscriptions: list[Subscription], filters: FilterCache) -> list[Ma
                     compiled,
                 )
             )
-    return made
+    return MatcherSet(made)

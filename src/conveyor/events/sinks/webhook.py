@@ -4,28 +4,24 @@ Every request carries ``webhook-id`` (the event id, the same on every retry, so 
 can drop duplicates), ``webhook-timestamp`` and ``webhook-signature`` (HMAC-SHA256 of
 ``id.timestamp.body`` with the subscription's secret). Redirects are not followed: a
 target must answer 2xx itself, and a redirect cannot lead the server somewhere the target
-policy would refuse. The client is urllib3 rather than httpx: on this path it costs half
-the CPU per request (bench/README.md), and sends are most of a dispatcher's work.
+policy would refuse.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import threading
 from datetime import UTC, datetime
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-import urllib3
 from standardwebhooks import Webhook
 
 from conveyor.errors import BadRequest
-from conveyor.events.sinks.base import EventSink, Outcome, Outgoing, excerpt, register
+from conveyor.events.sinks.base import EventSink, Outcome, Outgoing, describe, excerpt, register
+from conveyor.events.sinks.http_connections import HttpConnections
 from conveyor.http_headers import retry_after_seconds
-
-# How much of an answer is read: enough for an excerpt, never a whole large body.
-ANSWER_BYTES = 4096
-DRAIN_BYTES = 64 * 1024
 
 
 @register
@@ -36,12 +32,7 @@ class WebhookSink(EventSink):
 
     def __init__(self, timeout: float) -> None:
         super().__init__(timeout)
-        self._pool = urllib3.PoolManager(
-            num_pools=256,
-            maxsize=64,
-            retries=False,
-            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
-        )
+        self._connections = HttpConnections(timeout)
         self._signers: dict[str, Webhook] = {}
         self._lock = threading.Lock()
 
@@ -57,26 +48,14 @@ class WebhookSink(EventSink):
         headers.update(self._signature(outgoing))
         headers.update(_auth_headers(outgoing.auth))
         try:
-            answer = self._pool.request(
-                "POST",
-                outgoing.target_url,
-                body=outgoing.message.body,
-                headers=headers,
-                redirect=False,
-                preload_content=False,
-            )
-        except urllib3.exceptions.HTTPError as error:
-            return Outcome(False, error=f"{type(error).__name__}: {error or 'no answer'}")
+            answer = self._connections.post(outgoing.target_url, outgoing.message.body, headers)
+        except (OSError, http.client.HTTPException) as error:
+            return Outcome(False, error=describe(error, self.timeout))
         except (ValueError, UnicodeError) as error:  # a header http.client will not send
             return Outcome(False, error=f"the request could not be made: {error}")
-        try:
-            text = _read_start(answer)
-        except urllib3.exceptions.HTTPError as error:
-            text = f"(the answer could not be read: {error})"
-        finally:
-            answer.release_conn()
+        text = answer.start.decode("utf-8", "replace")
         status = answer.status
-        retry_after = retry_after_seconds(answer.headers.get("retry-after"))
+        retry_after = retry_after_seconds(answer.retry_after)
         if 200 <= status < 300:
             return Outcome(True, status, excerpt=excerpt(text))
         return Outcome(
@@ -103,8 +82,8 @@ class WebhookSink(EventSink):
         }
 
     def close(self) -> None:
-        """Close the pooled connections."""
-        self._pool.clear()
+        """Close the kept-alive connections."""
+        self._connections.close()
 
 
 def _auth_headers(auth: dict[str, str] | None) -> dict[str, str]:
@@ -118,16 +97,3 @@ def _auth_headers(auth: dict[str, str] | None) -> dict[str, str]:
     if auth["type"] == "bearer":
         return {"authorization": f"Bearer {auth['token']}"}
     return {auth["name"]: auth["value"]}
-
-
-def _read_start(answer: urllib3.BaseHTTPResponse) -> str:
-    """The first bytes of an answer, as text.
-
-    A short rest is read so the connection can be reused; after a long one the connection
-    is closed instead of reading megabytes nobody wants.
-    """
-    start = answer.read(ANSWER_BYTES, decode_content=False)
-    rest = answer.read(DRAIN_BYTES, decode_content=False)
-    if len(rest) >= DRAIN_BYTES:
-        answer.close()
-    return bytes(start).decode("utf-8", "replace")

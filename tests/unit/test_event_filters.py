@@ -1,0 +1,168 @@
+"""JSONPath filters: both dialects, and the fast paths agree with the plain evaluation."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+import jsonpath_rfc9535
+import pytest
+
+from conveyor.db.models import OutboxEvent, Subscription
+from conveyor.events.filters import FilterError, comparable, compile_filter
+from conveyor.events.matching import matchers
+from conveyor.events.shapes import cloudevent, pacifica_event
+from conveyor.events.visibility import Readers
+
+SEED_FILTER = (
+    '$[?(@["eventID"] and (@["eventType"] = "org.pacifica.metadata.ingest") and '
+    '(@["source"] = "/pacifica/metadata/ingest"))]["data"][*][?((@["destinationTable"] = '
+    '"Files") and (@["mimetype"] = "text/plain"))]["_id"]'
+)
+PACIFICA_EVENT = {
+    "cloudEventsVersion": "0.1",
+    "eventID": "C234-1234-1234",
+    "eventType": "org.pacifica.metadata.ingest",
+    "source": "/pacifica/metadata/ingest",
+    "data": [
+        {"destinationTable": "Transactions._id", "value": 67},
+        {"destinationTable": "TransactionKeyValue", "key": "Taggy", "value": "Blah"},
+        {"destinationTable": "Files", "_id": 34, "mimetype": "text/plain"},
+    ],
+}
+DOCUMENTS: list[Any] = [
+    {"type": "t", "data": {"group": 3, "flag": True, "name": "x", "tags": ["a", "b"]}},
+    {"type": "t", "data": {"group": 3.0, "flag": False, "name": "y"}},
+    {"type": "u", "data": {"group": "3", "flag": 1, "name": None}},
+    {"type": "u", "data": {"group": True}},
+    {"type": "t", "data": [1, 2, 3]},
+    {"type": "t"},
+    {},
+    [],
+    [{"group": 3}],
+]
+QUERIES = [
+    "$",
+    "$[?$.data.group == 3]",
+    "$[?3 == $.data.group]",
+    "$[?$.data.group == '3']",
+    "$[?$.data.group == true]",
+    "$[?$.data.flag == true]",
+    "$[?$.data.name == null]",
+    "$[?$.type == 't' && $.data.group > 2]",
+    "$[?$.data.group != 3]",
+    "$[?!$.data]",
+    "$[?length($.data.tags) == 2]",
+    "$[?count($.data.*) >= 3]",
+    "$[?@.group == 3]",
+    "$.data[?@ == 3]",
+    "$..group",
+    "$.data.tags[?@ == 'b']",
+]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_rfc9535_filters_match_exactly_when_the_query_selects_something(query: str) -> None:
+    compiled = compile_filter("rfc9535", query)
+    for doc in DOCUMENTS:
+        expected = bool(jsonpath_rfc9535.find(query, doc))
+        assert compiled.matches(doc) is expected, (query, doc)
+
+
+def test_the_root_predicates_share_query_results_without_mixing_events() -> None:
+    filters = [compile_filter("rfc9535", f"$[?$.data.group == {n}]") for n in range(5)]
+    for doc in itertools.chain(DOCUMENTS, DOCUMENTS):
+        for n, compiled in enumerate(filters):
+            assert compiled.matches(doc) is bool(
+                jsonpath_rfc9535.find(f"$[?$.data.group == {n}]", doc)
+            )
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "equal"),
+    [(1, 1.0, True), (True, 1, False), ("1", 1, False), (None, None, True), (False, 0, False)],
+)
+def test_comparable_keys_follow_rfc9535_equality(left: Any, right: Any, equal: bool) -> None:
+    assert (comparable(left) == comparable(right)) is equal
+
+
+def test_the_seed_consumer_filter_runs_in_the_jsonpath2_dialect() -> None:
+    compiled = compile_filter("jsonpath2", SEED_FILTER)
+    assert compiled.matches(PACIFICA_EVENT)
+    other = {**PACIFICA_EVENT, "source": "http://metadata.pacifica.org/transactions?_id=67"}
+    assert not compiled.matches(other)
+    assert compile_filter("jsonpath2", '$.data.*[?(@.value="Blah")].value').matches(PACIFICA_EVENT)
+    assert not compile_filter("jsonpath2", '$[?(@["a"] = 1)]').matches([1, "x"])
+
+
+@pytest.mark.parametrize(
+    ("dialect", "text", "reason"),
+    [
+        ("rfc9535", "$[?@.a = 1]", "RFC 9535"),
+        ("rfc9535", "$[?$.data.* == 3]", "non-singular"),
+        ("jsonpath2", "$[?(@.a ==", "jsonpath2"),
+        ("xpath", "$", "unknown JSONPath dialect"),
+        ("rfc9535", "   ", "empty"),
+        ("rfc9535", "$" + ".a" * 3000, "limited"),
+    ],
+)
+def test_bad_filters_say_why(dialect: str, text: str, reason: str) -> None:
+    with pytest.raises(FilterError, match=reason):
+        compile_filter(dialect, text)
+
+
+def _subscription(number: int, filter_text: str, **fields: Any) -> Subscription:
+    values: dict[str, Any] = {
+        "id": f"s{number}",
+        "owner": "admin",
+        "filter": filter_text,
+        "dialect": "rfc9535",
+        "shape": "cloudevents",
+        "types": [],
+        "extensions": {},
+        "updated_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    values.update(fields)
+    return Subscription(**values)
+
+
+def test_indexed_equality_matching_agrees_with_one_by_one_matching() -> None:
+    subscriptions = [
+        _subscription(0, "$[?$.data.group == 3]"),
+        _subscription(1, "$[?$.data.group == '3']"),
+        _subscription(2, "$[?$.data.group == true]"),
+        _subscription(3, "$[?$.type == 'org.t']"),
+        _subscription(4, "$[?$.type == 'org.t']", types=["org.other"]),
+        _subscription(5, "$[?$.data.group == 3]", extensions={"team": "x"}),
+        _subscription(6, "$[?$.data.group > 2]"),
+        _subscription(7, "$[?$.data.group == 3]", shape="pacifica"),
+        _subscription(8, "$[?$.data.group == 3]", owner="nobody"),
+    ]
+    matcher_set = matchers(subscriptions, {})
+    assert len(matcher_set.general) == 2  # the range test and the one with extensions
+    readers = Readers(session=None, admins=frozenset({"admin"}))  # type: ignore[arg-type]
+    for number, data in enumerate(
+        [{"group": 3}, {"group": 3.0}, {"group": "3"}, {"group": True}, {"group": 4}, {}]
+    ):
+        row = OutboxEvent(
+            id=f"e{number}",
+            type="org.t",
+            source="/t",
+            time=datetime(2026, 1, 1, tzinfo=UTC),
+            data=data,
+            owner="admin",
+            project=None,
+            extensions={},
+        )
+        expected = set()
+        for subscription in subscriptions:
+            if subscription.types and row.type not in subscription.types:
+                continue
+            if subscription.owner != "admin":
+                continue
+            doc = cloudevent(row) if subscription.shape == "cloudevents" else pacifica_event(row)
+            doc.update(subscription.extensions)
+            if jsonpath_rfc9535.find(subscription.filter, doc):
+                expected.add(subscription.id)
+        assert set(matcher_set.matching(row, readers)) == expected, data
