@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import Table, and_, bindparam, event, or_, select, update
+from sqlalchemy import Table, and_, bindparam, event, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import Delivery, OutboxEvent, Subscription
@@ -34,8 +34,8 @@ from conveyor.db.types import iso_z, utcnow
 from conveyor.db.upsert import insert_many_missing
 from conveyor.errors import BadRequest
 from conveyor.events.filters import EventFilter
-from conveyor.events.matching import matchers
-from conveyor.events.outbox import Event, record_event
+from conveyor.events.matching import MatcherSet, matchers
+from conveyor.events.outbox import EVENT_COLUMNS, Event, EventRecord, record_event
 from conveyor.events.shapes import document, encode
 from conveyor.events.sinks import EventSink, Outcome, Outgoing, open_sink
 from conveyor.events.subscriptions import opened_secrets
@@ -74,13 +74,59 @@ def _wake_after_commit(session: Session) -> None:
             listener.set()
 
 
+class HeldDelivery(NamedTuple):
+    """The delivery's own state, as claimed."""
+
+    id: int
+    attempts: int
+    history: list[dict[str, Any]]
+    created_at: datetime
+    next_attempt_at: datetime
+
+
+class Target(NamedTuple):
+    """What a send needs of the delivery's subscription."""
+
+    id: str
+    name: str
+    owner: str
+    target_url: str
+    shape: str
+    content_mode: str
+    extensions: dict[str, Any]
+    secret_sealed: str
+    auth_sealed: str | None
+    updated_at: datetime
+
+
+DELIVERY_COLUMNS = (
+    Delivery.id,
+    Delivery.attempts,
+    Delivery.history,
+    Delivery.created_at,
+    Delivery.next_attempt_at,
+)
+TARGET_COLUMNS = (
+    Subscription.id,
+    Subscription.name,
+    Subscription.owner,
+    Subscription.target_url,
+    Subscription.shape,
+    Subscription.content_mode,
+    Subscription.extensions,
+    Subscription.secret_sealed,
+    Subscription.auth_sealed,
+    Subscription.updated_at,
+)
+
+
 @dataclass
 class Claimed:
     """A delivery this dispatcher holds, with what it needs to send and record it."""
 
-    delivery: Delivery
-    event: OutboxEvent
-    subscription: Subscription
+    delivery: HeldDelivery
+    event: EventRecord
+    subscription: Target
 
 
 class Dispatcher:
@@ -96,6 +142,8 @@ class Dispatcher:
         self._filters: dict[tuple[str, datetime], EventFilter | None] = {}
         self._checked_hosts: dict[str, float] = {}
         self._opened: dict[tuple[str, datetime], tuple[str, dict[str, Any] | None]] = {}
+        self._matcher_set: MatcherSet | None = None
+        self._matcher_version: tuple[int, datetime | None] | None = None
         self._wake = threading.Event()
         self._sends_due = threading.Event()
         self._claiming = threading.Lock()
@@ -153,26 +201,20 @@ class Dispatcher:
     def fan_out(self, limit: int = FAN_OUT_BATCH) -> int:
         """Match unpublished events against live subscriptions and make their deliveries."""
         with self.runtime.db.session() as session:
-            rows = list(
-                session.scalars(
-                    select(OutboxEvent)
+            rows = cast(
+                list[EventRecord],
+                session.execute(
+                    select(*EVENT_COLUMNS)
                     .where(OutboxEvent.published_at.is_(None))
                     .order_by(OutboxEvent.time, OutboxEvent.id)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
-                )
+                ).all(),
             )
             if not rows:
                 return 0
-            subscriptions = list(
-                session.scalars(
-                    select(Subscription).where(
-                        Subscription.deleted_at.is_(None), Subscription.paused.is_(False)
-                    )
-                )
-            )
             readers = Readers.load(session, self.runtime.settings)
-            candidates = matchers(subscriptions, self._filters)
+            candidates = self._matchers(session)
             now = utcnow()
             made = [
                 {
@@ -200,6 +242,22 @@ class Dispatcher:
         if made:
             self._sends_due.set()
         return len(rows)
+
+    def _matchers(self, session: Session) -> MatcherSet:
+        """The live subscriptions' matchers, read again only when a subscription changed."""
+        live = (Subscription.deleted_at.is_(None), Subscription.paused.is_(False))
+        count, newest = session.execute(
+            select(func.count(), func.max(Subscription.updated_at)).where(*live)
+        ).one()
+        if self._matcher_set is None or self._matcher_version != (count, newest):
+            subscriptions = list(session.scalars(select(Subscription).where(*live)))
+            versions = {(row.id, row.updated_at) for row in subscriptions}
+            # Forget what earlier versions of the subscriptions needed.
+            self._filters = {k: v for k, v in self._filters.items() if k in versions}
+            self._opened = {k: v for k, v in self._opened.items() if k in versions}
+            self._matcher_set = matchers(subscriptions, self._filters)
+            self._matcher_version = (count, newest)
+        return self._matcher_set
 
     # Sending: deliveries to targets.
 
@@ -250,27 +308,37 @@ class Dispatcher:
                 )
                 .execution_options(synchronize_session=False)
             )
+        held = len(DELIVERY_COLUMNS)
+        events = held + len(EVENT_COLUMNS)
         with self.runtime.db.session() as session:
             rows = session.execute(
-                select(Delivery, OutboxEvent, Subscription)
+                select(*DELIVERY_COLUMNS, *EVENT_COLUMNS, *TARGET_COLUMNS)
                 .join(OutboxEvent, OutboxEvent.id == Delivery.event_id)
                 .join(Subscription, Subscription.id == Delivery.subscription_id)
                 .where(Delivery.id.in_(wanted), Delivery.lease_owner == self.name)
             ).all()
-            session.expunge_all()
-        return [Claimed(delivery, event_row, sub) for delivery, event_row, sub in rows]
+        return [
+            Claimed(
+                HeldDelivery(*row[:held]),
+                cast(EventRecord, _EventRow(*row[held:events])),
+                Target(*row[events:]),
+            )
+            for row in rows
+        ]
 
     def _lease_seconds(self) -> float:
         """Long enough for a send (its timeout) to finish before the lease can be taken."""
         settings = self.runtime.settings
         return max(settings.lease_seconds, 3 * settings.delivery_timeout_seconds)
 
-    def _secrets(self, subscription: Subscription) -> tuple[str, dict[str, Any] | None]:
+    def _secrets(self, target: Target) -> tuple[str, dict[str, Any] | None]:
         """The subscription's opened secret and credentials, opened once per version."""
-        key = (subscription.id, subscription.updated_at)
+        key = (target.id, target.updated_at)
         opened = self._opened.get(key)
         if opened is None:
-            opened = self._opened[key] = opened_secrets(subscription, self.runtime.sealer)
+            sealer = self.runtime.sealer
+            opened = opened_secrets(target.secret_sealed, target.auth_sealed, sealer)
+            self._opened[key] = opened
         return opened
 
     def _send(self, claimed: Claimed) -> Outcome:
@@ -379,23 +447,53 @@ class Dispatcher:
     ) -> None:
         """Add a batch's failures to the breaker; open it when they are too many in a row."""
         settings = self.runtime.settings
-        row = session.get(Subscription, subscription_id)
-        if row is None:
+        found = session.execute(
+            select(
+                Subscription.failures, Subscription.circuit_open_until, Subscription.circuit_trips
+            ).where(Subscription.id == subscription_id)
+        ).one_or_none()
+        if found is None:
             return
-        row.failures += len(results)
-        row.last_error = results[-1].error
-        half_open = row.circuit_open_until is not None and row.circuit_open_until <= now
-        if half_open or row.failures >= settings.breaker_failures:
-            row.circuit_trips += 1
-            cooldown = settings.breaker_cooldown_seconds * 2 ** (row.circuit_trips - 1)
-            row.circuit_open_until = now + timedelta(seconds=min(cooldown, BREAKER_MAX_COOLDOWN))
+        failures, open_until, trips = found
+        failures += len(results)
+        half_open = open_until is not None and open_until <= now
+        if half_open or failures >= settings.breaker_failures:
+            trips += 1
+            cooldown = settings.breaker_cooldown_seconds * 2 ** (trips - 1)
+            open_until = now + timedelta(seconds=min(cooldown, BREAKER_MAX_COOLDOWN))
             log.warning(
                 "subscription %s: circuit open until %s after %d failures: %s",
-                row.id,
-                iso_z(row.circuit_open_until),
-                row.failures,
-                row.last_error,
+                subscription_id,
+                iso_z(open_until),
+                failures,
+                results[-1].error,
             )
+        session.execute(
+            update(Subscription)
+            .where(Subscription.id == subscription_id)
+            .values(
+                failures=failures,
+                circuit_open_until=open_until,
+                circuit_trips=trips,
+                last_error=results[-1].error,
+                updated_at=Subscription.updated_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+
+class _EventRow(NamedTuple):
+    """An event selected with EVENT_COLUMNS."""
+
+    id: str
+    type: str
+    source: str
+    subject: str | None
+    time: datetime
+    data: Any
+    owner: str | None
+    project: str | None
+    extensions: dict[str, Any]
 
 
 def _close_circuits(session: Session, subscription_ids: list[str]) -> None:
@@ -408,7 +506,14 @@ def _close_circuits(session: Session, subscription_ids: list[str]) -> None:
             Subscription.id.in_(subscription_ids),
             or_(Subscription.failures != 0, Subscription.circuit_open_until.is_not(None)),
         )
-        .values(failures=0, circuit_open_until=None, circuit_trips=0, last_error="")
+        .values(
+            failures=0,
+            circuit_open_until=None,
+            circuit_trips=0,
+            last_error="",
+            # Breaker state is not a change of the subscription: its version stays.
+            updated_at=Subscription.updated_at,
+        )
         .execution_options(synchronize_session=False)
     )
 

@@ -12,8 +12,9 @@ from collections.abc import Hashable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from conveyor.db.models import OutboxEvent, Subscription
+from conveyor.db.models import Subscription
 from conveyor.events.filters import EqualityTest, EventFilter, FilterError, compile_filter
+from conveyor.events.outbox import EventRecord
 from conveyor.events.shapes import document
 from conveyor.events.visibility import Readers
 
@@ -32,7 +33,7 @@ class Matcher(NamedTuple):
     extensions: dict[str, Any]
     event_filter: EventFilter
 
-    def admits(self, row: OutboxEvent, readers: Readers) -> bool:
+    def admits(self, row: EventRecord, readers: Readers) -> bool:
         """True when the event is of a wanted type and the owner may read it."""
         if self.types and row.type not in self.types:
             return False
@@ -40,7 +41,7 @@ class Matcher(NamedTuple):
 
     def matches(
         self,
-        row: OutboxEvent,
+        row: EventRecord,
         readers: Readers,
         documents: dict[str, dict[str, Any]],
     ) -> bool:
@@ -78,7 +79,7 @@ class MatcherSet:
             _, table = self.indexed.setdefault((matcher.shape, test.query_key), (test, {}))
             table.setdefault(test.literal, []).append(matcher)
 
-    def matching(self, row: OutboxEvent, readers: Readers) -> list[str]:
+    def matching(self, row: EventRecord, readers: Readers) -> list[str]:
         """The ids of the subscriptions the event goes to."""
         documents: dict[str, dict[str, Any]] = {}
         chosen = [m.subscription_id for m in self.general if m.matches(row, readers, documents)]

@@ -5,12 +5,49 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import OutboxEvent
 from conveyor.db.types import utcnow
+
+
+class EventRecord(Protocol):
+    """A stored event as matching and sending read it: an ORM row or a plain result row."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def time(self) -> datetime: ...
+    @property
+    def data(self) -> Any: ...
+    @property
+    def owner(self) -> str | None: ...
+    @property
+    def project(self) -> str | None: ...
+    @property
+    def extensions(self) -> dict[str, Any]: ...
+
+
+# The columns an EventRecord is selected with.
+EVENT_COLUMNS = (
+    OutboxEvent.id,
+    OutboxEvent.type,
+    OutboxEvent.source,
+    OutboxEvent.subject,
+    OutboxEvent.time,
+    OutboxEvent.data,
+    OutboxEvent.owner,
+    OutboxEvent.project,
+    OutboxEvent.extensions,
+)
 
 
 @dataclass

@@ -17,8 +17,8 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from conveyor.db.models import OutboxEvent
 from conveyor.db.types import iso_z
+from conveyor.events.outbox import EventRecord
 
 Shape = Literal["cloudevents", "pacifica"]
 SHAPES: tuple[Shape, ...] = ("cloudevents", "pacifica")
@@ -37,7 +37,7 @@ class Encoded:
     content_type: str
 
 
-def cloudevent(row: OutboxEvent) -> dict[str, Any]:
+def cloudevent(row: EventRecord) -> dict[str, Any]:
     """The stored event in CloudEvents 1.0 structured JSON form."""
     event: dict[str, Any] = {
         "specversion": "1.0",
@@ -55,7 +55,7 @@ def cloudevent(row: OutboxEvent) -> dict[str, Any]:
     return event
 
 
-def pacifica_event(row: OutboxEvent, extensions: dict[str, Any] | None = None) -> dict[str, Any]:
+def pacifica_event(row: EventRecord, extensions: dict[str, Any] | None = None) -> dict[str, Any]:
     """The stored event in the CloudEvents 0.1 form of Pacifica Notifications."""
     return {
         "cloudEventsVersion": "0.1",
@@ -69,7 +69,7 @@ def pacifica_event(row: OutboxEvent, extensions: dict[str, Any] | None = None) -
     }
 
 
-def document(row: OutboxEvent, shape: str, extensions: dict[str, Any]) -> dict[str, Any]:
+def document(row: EventRecord, shape: str, extensions: dict[str, Any]) -> dict[str, Any]:
     """The event as a subscription of ``shape`` sees it (what its filter is matched against)."""
     if shape == "pacifica":
         return pacifica_event(row, extensions)

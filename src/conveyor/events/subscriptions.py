@@ -282,9 +282,12 @@ def circuit_view(row: Subscription, now: datetime | None = None) -> dict[str, An
     }
 
 
-def opened_secrets(row: Subscription, sealer: Sealer) -> tuple[str, dict[str, Any] | None]:
+def opened_secrets(
+    secret_sealed: str, auth_sealed: str | None, sealer: Sealer
+) -> tuple[str, dict[str, Any] | None]:
     """The plain signing secret and credentials, for a send."""
-    return sealer.open(row.secret_sealed), _opened_auth(row, sealer)
+    auth: dict[str, Any] | None = json.loads(sealer.open(auth_sealed)) if auth_sealed else None
+    return sealer.open(secret_sealed), auth
 
 
 def checked_target(

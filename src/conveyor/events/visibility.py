@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from conveyor.auth.principal import Principal
 from conveyor.config import Settings
 from conveyor.db.models import OutboxEvent, ProjectMember, User
+from conveyor.events.outbox import EventRecord
 
 RowT = TypeVar("RowT", bound=Any)
 
@@ -36,7 +37,7 @@ class Readers:
             admins.add(settings.default_user)
         return cls(session, frozenset(admins))
 
-    def may_read(self, user: str, row: OutboxEvent) -> bool:
+    def may_read(self, user: str, row: EventRecord) -> bool:
         """True when ``user`` may read the event ``row``."""
         if user in self.admins or (row.owner is not None and row.owner == user):
             return True
