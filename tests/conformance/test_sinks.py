@@ -41,9 +41,8 @@ from conveyor.events.shapes import cloudevent, encode, pacifica_event
 from conveyor.events.sinks import EventSink, Outcome, Outgoing, open_sink, sink_class
 from conveyor.events.sinks.base import EXCERPT_CHARS
 from conveyor.events.subscriptions import new_secret
-from tests.support.answering import Answer, answering_server
 from tests.support.netfaults import silent_listener, tcp_proxy
-from tests.support.receivers import Received, Receiver, running_receiver
+from tests.support.receivers import Received, Receiver, answering_receiver, running_receiver
 from tests.support.services import free_port, require_tcp
 
 HOST = "127.0.0.1"
@@ -723,7 +722,7 @@ def test_webhook_503_reports_retry_after(
     if retry_after == "in 120 s":  # an HTTP date, made when the test runs
         retry_after = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
     headers = {"Retry-After": retry_after} if retry_after else {}
-    with answering_server(Answer(503, headers, b"busy, come back later")) as server:
+    with answering_receiver(503, headers, b"busy, come back later") as server:
         outcome = webhook_sink.send(_webhook_outgoing(f"{server.url}/hook"))
 
     assert (outcome.delivered, outcome.status) == (False, 503)
@@ -736,7 +735,7 @@ def test_webhook_503_reports_retry_after(
 
 
 def test_webhook_records_an_excerpt_of_a_2xx_answer(webhook_sink: EventSink) -> None:
-    with answering_server(Answer(202, {"Content-Type": "text/plain"}, b"queued as #42")) as server:
+    with answering_receiver(202, {"Content-Type": "text/plain"}, b"queued as #42") as server:
         outcome = webhook_sink.send(_webhook_outgoing(f"{server.url}/hook"))
 
     assert (outcome.delivered, outcome.status, outcome.error) == (True, 202, "")
@@ -747,7 +746,7 @@ def test_webhook_excerpt_of_a_large_answer_is_short_and_the_sink_goes_on(
     webhook_sink: EventSink,
 ) -> None:
     large = ("ä" + "x" * 99) * 2000  # 200 kB of text with multi-byte characters
-    with answering_server(Answer(200, {}, large.encode())) as server:
+    with answering_receiver(200, {}, large.encode()) as server:
         url = f"{server.url}/hook"
         outcomes = [webhook_sink.send(_webhook_outgoing(url)) for _ in range(3)]
         assert len(server.requests) == 3
@@ -760,8 +759,7 @@ def test_webhook_excerpt_of_a_large_answer_is_short_and_the_sink_goes_on(
 def test_webhook_does_not_follow_a_redirect(
     hook: Hook, webhook_sink: EventSink, status: int
 ) -> None:
-    redirect = Answer(status, {"Location": hook.url})
-    with answering_server(redirect) as server:
+    with answering_receiver(status, {"Location": hook.url}) as server:
         outcome = webhook_sink.send(_webhook_outgoing(f"{server.url}/hook"))
         assert len(server.requests) == 1
 

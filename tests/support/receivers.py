@@ -48,6 +48,9 @@ class Receiver:
         self._gate = threading.Event()
         self._gate.set()
         self.status = 204
+        # Sent with every answer (a Retry-After, a redirect's Location) and its body.
+        self.answer_headers: dict[str, str] = {}
+        self.answer_body = b""
 
     @property
     def url(self) -> str:
@@ -118,8 +121,11 @@ def _handler_for(receiver_box: list[Receiver]) -> type[BaseHTTPRequestHandler]:
             status = receiver._record(self.command, self.path, headers, body)
             receiver._gate.wait(HOLD_SECONDS)
             self.send_response(status)
-            self.send_header("Content-Length", "0")
+            for name, value in receiver.answer_headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(receiver.answer_body)))
             self.end_headers()
+            self.wfile.write(receiver.answer_body)
 
         do_POST = _answer  # noqa: N815 - http.server's naming
         do_PUT = _answer  # noqa: N815
@@ -148,3 +154,15 @@ def running_receiver() -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextmanager
+def answering_receiver(
+    status: int, headers: dict[str, str] | None = None, body: bytes = b""
+) -> Iterator[Receiver]:
+    """A receiver that answers every request with ``status``, ``headers`` and ``body``."""
+    with running_receiver() as receiver:
+        receiver.status = status
+        receiver.answer_headers = dict(headers or {})
+        receiver.answer_body = body
+        yield receiver
