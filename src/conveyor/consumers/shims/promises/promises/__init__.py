@@ -1,0 +1,1 @@
+"""Installing ``promises`` installs ``promise`` (``from promise import Promise``)."""
