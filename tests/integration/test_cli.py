@@ -227,3 +227,37 @@ def test_events_verbs_subscribe_list_and_replay(tmp_path: Path) -> None:
         assert gone.returncode == 0, gone.stderr
         listed = run(data, "events", "subscriptions", "--url", url)
         assert json.loads(listed.stdout) == {"subscriptions": []}
+
+
+def test_consumer_check_builds_a_package_or_names_what_is_wrong(tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    good = tmp_path / "consumer.zip"
+    with zipfile.ZipFile(good, "w") as archive:
+        archive.writestr("__main__.py", "print('hi')\n")
+        archive.writestr("requirements.txt", "promises\n")
+        archive.writestr("init.sh", "#!/usr/bin/env sh\nexit 0\n")
+        archive.writestr("jsonpath2.txt", '$[?(@["eventType"] = "org.pacifica.metadata.ingest")]\n')
+    kept = tmp_path / "kept"
+    checked = run(tmp_path, "consumer", "check", str(good), "--into", str(kept), timeout=300)
+    assert checked.returncode == 0, checked.stderr
+    summary = json.loads(checked.stdout)
+    assert (summary["init_sh"], summary["requirements"], summary["files"]) == (True, True, 4)
+    probe = [summary["python"], "-c", "from promise import Promise"]
+    assert subprocess.run(probe, check=False).returncode == 0
+    bad_filter = tmp_path / "bad-filter.zip"
+    with zipfile.ZipFile(bad_filter, "w") as archive:
+        archive.writestr("__main__.py", "")
+        archive.writestr("jsonpath2.txt", "$[?(@.a ==")
+    refused = run(tmp_path, "consumer", "check", str(bad_filter))
+    assert refused.returncode == 1
+    assert "jsonpath2.txt: not a jsonpath2 query" in refused.stderr
+    escaping = tmp_path / "escaping.zip"
+    with zipfile.ZipFile(escaping, "w") as archive:
+        archive.writestr("__main__.py", "")
+        archive.writestr("../../outside.py", "")
+    refused = run(tmp_path, "consumer", "check", str(escaping))
+    assert refused.returncode == 1
+    assert "'..'" in refused.stderr
+    assert not (tmp_path.parent / "outside.py").exists()

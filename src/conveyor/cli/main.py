@@ -6,6 +6,7 @@ import typer
 
 from conveyor.cli import client_cmds, server
 from conveyor.cli.biomaj_cmds import biomaj_app
+from conveyor.cli.consumer_cmds import consumer_app
 from conveyor.cli.events_cmds import events_app
 from conveyor.cli.mirror_cmds import mirror_app
 from conveyor.cli.motrpac_cmds import motrpac_app
@@ -23,5 +24,6 @@ app.add_typer(server.admin_app, name="admin")
 app.add_typer(client_cmds.job_app, name="job")
 app.add_typer(mirror_app, name="mirror")
 app.add_typer(events_app, name="events")
+app.add_typer(consumer_app, name="consumer")
 app.add_typer(biomaj_app, name="biomaj")
 app.add_typer(motrpac_app, name="motrpac")
