@@ -420,8 +420,11 @@ class Dispatcher:
             _count(item, outcome, now)
         with self.runtime.db.session() as session:
             table = cast(Table, Delivery.__table__)
+            # Only rows this dispatcher still holds: a lease that ran out belongs to another.
             session.execute(
-                update(table).where(table.c.id == bindparam("row_id")),
+                update(table).where(
+                    table.c.id == bindparam("row_id"), table.c.lease_owner == self.name
+                ),
                 changes,
                 execution_options={"synchronize_session": False},
             )
