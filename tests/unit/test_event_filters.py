@@ -8,6 +8,7 @@ from typing import Any
 
 import jsonpath_rfc9535
 import pytest
+from jsonpath2.path import Path as Jsonpath2Path
 
 from conveyor.db.models import OutboxEvent, Subscription
 from conveyor.events.filters import FilterError, comparable, compile_filter
@@ -138,6 +139,9 @@ def test_indexed_equality_matching_agrees_with_one_by_one_matching() -> None:
         _subscription(6, "$[?$.data.group > 2]"),
         _subscription(7, "$[?$.data.group == 3]", shape="pacifica"),
         _subscription(8, "$[?$.data.group == 3]", owner="nobody"),
+        _subscription(9, '$[?(@["data"]["group"] = 3)]', dialect="jsonpath2"),
+        _subscription(10, '$[?(@["data"]["group"] = true)]', dialect="jsonpath2"),
+        _subscription(11, '$[?(@["eventType"] = "org.t")]', dialect="jsonpath2", shape="pacifica"),
     ]
     matcher_set = matchers(subscriptions, {})
     assert len(matcher_set.general) == 2  # the range test and the one with extensions
@@ -163,6 +167,38 @@ def test_indexed_equality_matching_agrees_with_one_by_one_matching() -> None:
                 continue
             doc = cloudevent(row) if subscription.shape == "cloudevents" else pacifica_event(row)
             doc.update(subscription.extensions)
-            if jsonpath_rfc9535.find(subscription.filter, doc):
+            if subscription.dialect == "jsonpath2":
+                found = next(iter(Jsonpath2Path.parse_str(subscription.filter).match(doc)), None)
+            else:
+                found = jsonpath_rfc9535.find(subscription.filter, doc) or None
+            if found is not None:
                 expected.add(subscription.id)
         assert set(matcher_set.matching(row, readers)) == expected, data
+
+
+JSONPATH2_QUERIES = [
+    '$[?(@["data"]["group"] = 3)]',
+    '$[?(3 = @["data"]["group"])]',
+    '$[?(@["data"]["group"] = "3")]',
+    '$[?(@["data"]["group"] = true)]',
+    '$[?(@["data"]["tags"][*] = "b")]',
+    '$[?(@["type"] = "t")]["data"]',
+    '$[?(@["data"]["group"] != 3)]',
+]
+
+
+@pytest.mark.parametrize("query", JSONPATH2_QUERIES)
+def test_jsonpath2_equality_index_agrees_with_the_package(query: str) -> None:
+    compiled = compile_filter("jsonpath2", query)
+    plain = Jsonpath2Path.parse_str(query)
+    for doc in DOCUMENTS:
+        expected = next(iter(plain.match(doc)), None) is not None
+        assert compiled.matches(doc) is expected, (query, doc)
+        if compiled.equality is not None:
+            literal = compiled.equality.literal
+            assert (literal in compiled.equality.keys(doc)) is expected, (query, doc)
+
+
+def test_only_plain_equalities_are_indexed_in_jsonpath2() -> None:
+    indexed = [q for q in JSONPATH2_QUERIES if compile_filter("jsonpath2", q).equality]
+    assert indexed == JSONPATH2_QUERIES[:5]

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import jsonpath_rfc9535
+from jsonpath2.expressions.operator import EqualBinaryOperatorExpression
+from jsonpath2.node import Node
+from jsonpath2.nodes.current import CurrentNode
+from jsonpath2.nodes.subscript import SubscriptNode
+from jsonpath2.nodes.terminal import TerminalNode
 from jsonpath2.path import Path as Jsonpath2Path
+from jsonpath2.subscripts.filter import FilterSubscript
 from jsonpath_rfc9535.filter_expressions import (
     ComparisonExpression,
     FilterContext,
@@ -38,17 +44,21 @@ class FilterError(ValueError):
 
 @dataclass(frozen=True)
 class EqualityTest:
-    """A filter that is ``$[?<singular $ query> == <literal>]``: many such filters on the
-    same query are decided together by reading the query's value once and looking it up."""
+    """A filter that only asks whether a query's value equals a literal.
+
+    RFC 9535 ``$[?<singular $ query> == <literal>]`` and jsonpath2 ``$[?(@<path> = <literal>)]``.
+    Many such filters on the same query are decided together: the query is read once per
+    event and its values looked up among the literals. ``query_key`` names the dialect and
+    the query; keys compare as the dialect's equality does.
+    """
 
     query_key: str
-    query: jsonpath_rfc9535.JSONPathQuery
+    values: Callable[[Any], list[Hashable]]
     literal: Hashable
 
-    def value_key(self, document: Any) -> Hashable | None:
-        """The comparable form of the query's one value in ``document``, if it has one."""
-        nodes = self.query.find(document)
-        return comparable(nodes[0].value) if len(nodes) == 1 else None
+    def keys(self, document: Any) -> list[Hashable]:
+        """The keys of the query's values in ``document`` (none when it selects nothing)."""
+        return self.values(document)
 
 
 def comparable(value: Any) -> Hashable | None:
@@ -94,7 +104,7 @@ def compile_filter(dialect: str, text: str) -> EventFilter:
         raise FilterError(f"a JSONPath filter is limited to {MAX_FILTER_CHARS} characters")
     if dialect == "rfc9535":
         return _rfc9535(stripped)
-    return EventFilter("jsonpath2", stripped, _jsonpath2(stripped))
+    return _jsonpath2(stripped)
 
 
 def _rfc9535(text: str) -> EventFilter:
@@ -144,7 +154,14 @@ def _equality(query: jsonpath_rfc9535.JSONPathQuery) -> EqualityTest | None:
         ):
             literal = comparable(other.value)
             if literal is not None:
-                return EqualityTest(str(side.query), side.query, literal)
+                query = side.query
+
+                def values(document: Any, query: Any = query) -> list[Hashable]:
+                    nodes = query.find(document)
+                    key = comparable(nodes[0].value) if len(nodes) == 1 else None
+                    return [key] if key is not None else []
+
+                return EqualityTest(f"rfc9535 {query}", values, literal)
     return None
 
 
@@ -218,7 +235,7 @@ def _reads_current_node(expression: Any) -> bool:
     return any(child is not None and _reads_current_node(child) for child in children)
 
 
-def _jsonpath2(text: str) -> Callable[[Any], bool]:
+def _jsonpath2(text: str) -> EventFilter:
     # The ANTLR parser prints syntax errors to stderr before raising; keep them for the message.
     printed = io.StringIO()
     try:
@@ -231,4 +248,36 @@ def _jsonpath2(text: str) -> Callable[[Any], bool]:
     def matches(document: Any) -> bool:
         return next(iter(path.match(document)), None) is not None
 
-    return matches
+    return EventFilter("jsonpath2", text, matches, _jsonpath2_equality(path))
+
+
+def _jsonpath2_equality(path: Jsonpath2Path) -> EqualityTest | None:
+    """The equality test a jsonpath2 query is, when it is ``$[?(@<path> = <literal>)]``.
+
+    jsonpath2 applies the filter to the document itself and compares with Python's ``==``
+    against every value the ``@`` path selects, so the literal is looked up among them.
+    """
+    subscript_node = getattr(path.root_node, "next_node", None)
+    if not isinstance(subscript_node, SubscriptNode) or len(subscript_node.subscripts) != 1:
+        return None
+    if not isinstance(subscript_node.next_node, TerminalNode):
+        return None
+    selector = subscript_node.subscripts[0]
+    if not isinstance(selector, FilterSubscript):
+        return None
+    comparison = selector.expression
+    if not isinstance(comparison, EqualBinaryOperatorExpression):
+        return None
+    left, right = comparison.left_node_or_value, comparison.right_node_or_value
+    node, literal = (left, right) if isinstance(left, CurrentNode) else (right, left)
+    if not isinstance(node, CurrentNode) or isinstance(literal, Node):
+        return None
+    if not isinstance(literal, str | int | float | bool) and literal is not None:
+        return None
+    relative = node
+
+    def values(document: Any) -> list[Hashable]:
+        found = (match.current_value for match in relative.match(document, document))
+        return [value for value in found if isinstance(value, Hashable)]
+
+    return EqualityTest(f"jsonpath2 {''.join(node.__jsonpath__())}", values, literal)

@@ -87,10 +87,8 @@ class MatcherSet:
             shaped = documents.get(shape)
             if shaped is None:
                 shaped = documents[shape] = document(row, shape, {})
-            value = test.value_key(shaped)
-            if value is None:
-                continue
-            chosen.extend(m.subscription_id for m in table.get(value, ()) if m.admits(row, readers))
+            hits = {id(m): m for key in test.keys(shaped) for m in table.get(key, ())}
+            chosen.extend(m.subscription_id for m in hits.values() if m.admits(row, readers))
         return chosen
 
 

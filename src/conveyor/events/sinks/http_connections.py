@@ -1,7 +1,7 @@
 """Kept-alive HTTP connections for webhook sends: one per sending thread and origin.
 
 Written on the standard library's ``http.client`` because the pooled clients cost two to
-three times its CPU per request (urllib3 555–597 µs, http.client 210–243 µs here; see
+three times its CPU per request (urllib3 555 to 597 µs, http.client 210 to 243 µs here; see
 bench/README.md) and webhook sends are most of a dispatcher's work. What this adds is
 small: a connection per (thread, origin), a bounded read of each answer so the connection
 can be reused, and one fresh try when a kept-alive connection turns out to have been closed
