@@ -9,31 +9,41 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from conveyor.auth.principal import Principal
 from conveyor.db.engine import Database
 from conveyor.db.migrate import current_revision, head_revision, upgrade
 from conveyor.db.models import (
+    Delivery,
     File,
     Job,
+    OutboxEvent,
     Project,
     ProjectInstrument,
     ProjectMember,
+    Subscription,
     Transaction,
     User,
 )
+from conveyor.events import subscriptions as subs
+from conveyor.events.dispatch import DEAD_LETTERED, Dispatcher
+from conveyor.events.outbox import Event, record_event
 from conveyor.ingest.policy import record_names
 from conveyor.jobs import service, states
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
 from tests.support.bundles import GOOD_MEMBERS, JAPANESE_NAME, good_tar
 from tests.support.databases import scratch_database
+from tests.support.receivers import running_receiver
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +201,82 @@ def test_timestamps_keep_sub_second_precision(database: Database) -> None:
         session.add(Project(id="p", created_at=value))
     with database.session() as session:
         assert session.scalars(select(Project.created_at)).one() == value
+
+
+def test_event_dispatch_on_every_database(
+    database_url: str, make_runtime: Callable[..., Runtime]
+) -> None:
+    """Fan-out, claims, batched outcomes, the breaker and dead letters, with two dispatchers
+    working at once, on each database's own locking (SKIP LOCKED where it has it)."""
+    runtime = make_runtime(
+        database_url=database_url,
+        delivery_max_attempts=1,
+        breaker_failures=1000,
+        delivery_timeout_seconds=2.0,
+    )
+    admin = Principal("conveyor", admin=True, authenticated=False)
+    with running_receiver() as receiver:
+        with runtime.db.session() as session:
+            for name, target, filter_text in (
+                ("even", f"{receiver.url}/even", "$[?$.data.n == 0 || $.data.n == 2]"),
+                ("all", f"{receiver.url}/all", "$"),
+                ("one", f"{receiver.url}/one", "$[?$.data.n == 1]"),
+                ("gone", f"http://127.0.0.1:{free_port()}/gone", "$[?$.data.n == 3]"),
+            ):
+                spec = subs.SubscriptionSpec(name=name, target=target, filter=filter_text)
+                subs.create(session, admin, spec, runtime.sealer, runtime.target_policy)
+        with runtime.db.session() as session:
+            for number in range(40):
+                record_event(session, Event(type="org.t", source="/t", data={"n": number % 4}))
+        first, second = Dispatcher(runtime), Dispatcher(runtime)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                with runtime.db.session() as session:
+                    open_rows = session.scalar(
+                        select(func.count())
+                        .select_from(Delivery)
+                        .where(Delivery.state.in_(("pending", "delivering")))
+                    )
+                    events_left = session.scalar(
+                        select(func.count())
+                        .select_from(OutboxEvent)
+                        .where(OutboxEvent.published_at.is_(None))
+                    )
+                if open_rows == 0 and events_left == 0:
+                    break
+                assert time.monotonic() < deadline, "dispatch did not finish"
+                threads = [threading.Thread(target=d.run_once) for d in (first, second)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+        finally:
+            first.stop()
+            second.stop()
+        with runtime.db.session() as session:
+            states_by_name = Counter(
+                (name, state)
+                for name, state in session.execute(
+                    select(Subscription.name, Delivery.state).join(
+                        Subscription, Subscription.id == Delivery.subscription_id
+                    )
+                )
+            )
+            letters = session.scalar(
+                select(func.count())
+                .select_from(OutboxEvent)
+                .where(OutboxEvent.type == DEAD_LETTERED)
+            )
+    delivered = Counter(request.path for request in receiver.delivered)
+    # 40 events: 20 to "even", 10 to "one", 10 to "gone" (nobody listens: each dead after
+    # its one attempt, and a dead letter each); "all" gets the 40 and the 10 dead letters.
+    assert states_by_name == {
+        ("even", "delivered"): 20,
+        ("one", "delivered"): 10,
+        ("gone", "dead"): 10,
+        ("all", "delivered"): 50,
+    }
+    assert letters == 10
+    assert delivered == {"/even": 20, "/one": 10, "/all": 50}
+    assert len(receiver.requests) == 80, "each delivery was sent once"
