@@ -286,8 +286,7 @@ def opened_secrets(
     secret_sealed: str, auth_sealed: str | None, sealer: Sealer
 ) -> tuple[str, dict[str, Any] | None]:
     """The plain signing secret and credentials, for a send."""
-    auth: dict[str, Any] | None = json.loads(sealer.open(auth_sealed)) if auth_sealed else None
-    return sealer.open(secret_sealed), auth
+    return sealer.open(secret_sealed), _open_auth(auth_sealed, sealer)
 
 
 def checked_target(
@@ -347,9 +346,13 @@ def _check_form(
 
 
 def _opened_auth(row: Subscription, sealer: Sealer) -> dict[str, Any] | None:
-    if not row.auth_sealed:
+    return _open_auth(row.auth_sealed, sealer)
+
+
+def _open_auth(auth_sealed: str | None, sealer: Sealer) -> dict[str, Any] | None:
+    if not auth_sealed:
         return None
-    opened: dict[str, Any] = json.loads(sealer.open(row.auth_sealed))
+    opened: dict[str, Any] = json.loads(sealer.open(auth_sealed))
     return opened
 
 
