@@ -67,13 +67,24 @@ def start_server(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(300):
+    wait_until_answering(f"http://127.0.0.1:{port}/readyz", "conveyor serve", ready=(200,))
+    return process
+
+
+def wait_until_answering(
+    url: str, what: str, seconds: float = 30.0, ready: tuple[int, ...] | None = None
+) -> None:
+    """Return once ``url`` answers (with one of ``ready`` when given); fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
+            answer = httpx.get(url, timeout=1)
+            if ready is None or answer.status_code in ready:
+                return
         except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer at {url} within {seconds:g} s")
 
 
 def peak_rss_mb(pid: int) -> float:

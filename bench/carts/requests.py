@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import start_server
+from common import start_server, wait_until_answering
 
 CONNECTIONS = 8
 CONVEYOR_PORT = 18110
@@ -120,13 +120,8 @@ def start_cartd(venv: Path, work: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(100):
-        try:
-            httpx.get(f"http://127.0.0.1:{CARTD_PORT}/", timeout=1)
-            return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError("pacifica-cartd did not start")
+    wait_until_answering(f"http://127.0.0.1:{CARTD_PORT}/", "pacifica-cartd")
+    return process
 
 
 def cartd_target() -> tuple[str, str, str]:

@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import bench_arguments, start_server
+from common import bench_arguments, start_server, wait_until_answering
 
 from conveyor.db.engine import Database
 from conveyor.events.outbox import Event, record_event
@@ -63,13 +63,8 @@ def start_receiver() -> subprocess.Popen[bytes]:
             "--no-access-log",
         ],
     )
-    for _ in range(100):
-        try:
-            httpx.get(f"{RECEIVER}/stats", timeout=1)
-            return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("receiver did not start")
+    wait_until_answering(f"{RECEIVER}/stats", "the receiver")
+    return process
 
 
 def stats() -> dict[str, Any]:

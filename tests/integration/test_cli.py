@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.consumers import make_zip
+from tests.support.receivers import running_receiver
 from tests.support.server import CONVEYOR, conveyor_env, running_server
 from tests.support.services import free_port
 
@@ -181,10 +184,6 @@ def test_json_logs_and_tracing_export_spans(tmp_path: Path) -> None:
 
 
 def test_events_verbs_subscribe_list_and_replay(tmp_path: Path) -> None:
-    import json
-
-    from tests.support.receivers import running_receiver
-
     data = tmp_path / "data"
     with running_receiver() as receiver, running_server(data) as url:
         made = run(
@@ -230,15 +229,15 @@ def test_events_verbs_subscribe_list_and_replay(tmp_path: Path) -> None:
 
 
 def test_consumer_check_builds_a_package_or_names_what_is_wrong(tmp_path: Path) -> None:
-    import json
-    import zipfile
-
-    good = tmp_path / "consumer.zip"
-    with zipfile.ZipFile(good, "w") as archive:
-        archive.writestr("__main__.py", "print('hi')\n")
-        archive.writestr("requirements.txt", "promises\n")
-        archive.writestr("init.sh", "#!/usr/bin/env sh\nexit 0\n")
-        archive.writestr("jsonpath2.txt", '$[?(@["eventType"] = "org.pacifica.metadata.ingest")]\n')
+    good = make_zip(
+        tmp_path / "consumer.zip",
+        {
+            "__main__.py": b"print('hi')\n",
+            "requirements.txt": b"promises\n",
+            "init.sh": b"#!/usr/bin/env sh\nexit 0\n",
+            "jsonpath2.txt": b'$[?(@["eventType"] = "org.pacifica.metadata.ingest")]\n',
+        },
+    )
     kept = tmp_path / "kept"
     checked = run(tmp_path, "consumer", "check", str(good), "--into", str(kept), timeout=300)
     assert checked.returncode == 0, checked.stderr
@@ -246,17 +245,13 @@ def test_consumer_check_builds_a_package_or_names_what_is_wrong(tmp_path: Path) 
     assert (summary["init_sh"], summary["requirements"], summary["files"]) == (True, True, 4)
     probe = [summary["python"], "-c", "from promise import Promise"]
     assert subprocess.run(probe, check=False).returncode == 0
-    bad_filter = tmp_path / "bad-filter.zip"
-    with zipfile.ZipFile(bad_filter, "w") as archive:
-        archive.writestr("__main__.py", "")
-        archive.writestr("jsonpath2.txt", "$[?(@.a ==")
+    bad_filter = make_zip(
+        tmp_path / "bad-filter.zip", {"__main__.py": b"", "jsonpath2.txt": b"$[?(@.a =="}
+    )
     refused = run(tmp_path, "consumer", "check", str(bad_filter))
     assert refused.returncode == 1
     assert "jsonpath2.txt: not a jsonpath2 query" in refused.stderr
-    escaping = tmp_path / "escaping.zip"
-    with zipfile.ZipFile(escaping, "w") as archive:
-        archive.writestr("__main__.py", "")
-        archive.writestr("../../outside.py", "")
+    escaping = make_zip(tmp_path / "escaping.zip", {"__main__.py": b"", "../../outside.py": b""})
     refused = run(tmp_path, "consumer", "check", str(escaping))
     assert refused.returncode == 1
     assert "'..'" in refused.stderr

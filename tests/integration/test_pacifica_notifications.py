@@ -28,7 +28,7 @@ from conveyor.db.types import utcnow
 from conveyor.events.dispatch import dispatch_until_idle
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
-from tests.support.receivers import Receiver, running_receiver
+from tests.support.receivers import Received, Receiver, running_receiver
 
 BASE = "/pacifica/notifications"
 EVENTMATCH = f"{BASE}/eventmatch"
@@ -411,6 +411,24 @@ def test_receive_by_non_admin_is_forbidden(client: TestClient, runtime: Runtime)
         assert session.get(OutboxEvent, EVENT_ID) is None
 
 
+def still_enabled_and_pending(client: TestClient, match_id: str, error: str) -> dict[str, Any]:
+    """The eventmatch is not disabled, shows ``error``; its one delivery is pending."""
+    shown = client.get(f"{EVENTMATCH}/{match_id}").json()
+    assert shown["disabled"] is None
+    assert error in shown["error"]
+    [pending] = deliveries_of(client, match_id)
+    assert pending["state"] == "pending"
+    return dict(pending)
+
+
+def arrived_once(client: TestClient, arrived: Received, match_id: str, attempts: int) -> None:
+    """The fixture event arrived, and its delivery is delivered after ``attempts``."""
+    assert arrived.headers["webhook-id"] == EVENT_ID
+    assert json.loads(arrived.body)["eventID"] == EVENT_ID
+    [done] = deliveries_of(client, match_id)
+    assert (done["state"], done["attempts"]) == ("delivered", attempts)
+
+
 def test_bad_url(client: TestClient, runtime: Runtime, receiver: Receiver) -> None:
     """A target answering 500 is retried; the subscription is never disabled.
 
@@ -429,11 +447,7 @@ def test_bad_url(client: TestClient, runtime: Runtime, receiver: Receiver) -> No
     failed = receiver.requests
     assert failed
     assert {request.status for request in failed} == {500}
-    shown = client.get(f"{EVENTMATCH}/{made['uuid']}").json()
-    assert shown["disabled"] is None
-    assert "500" in shown["error"]
-    [pending] = deliveries_of(client, made["uuid"])
-    assert pending["state"] == "pending"
+    pending = still_enabled_and_pending(client, made["uuid"], "500")
     assert pending["attempts"] == len(failed) >= 1
     assert pending["last_status"] == 500
     assert pending["last_error"] == "the target answered 500"
@@ -450,10 +464,7 @@ def test_bad_url(client: TestClient, runtime: Runtime, receiver: Receiver) -> No
     dispatch_until_idle(runtime)
 
     [delivered] = receiver.delivered
-    assert delivered.headers["webhook-id"] == EVENT_ID
-    assert json.loads(delivered.body)["eventID"] == EVENT_ID
-    [done] = deliveries_of(client, made["uuid"])
-    assert (done["state"], done["attempts"]) == ("delivered", len(failed) + 1)
+    arrived_once(client, delivered, made["uuid"], attempts=len(failed) + 1)
     assert client.get(f"{EVENTMATCH}/{made['uuid']}").json()["disabled"] is None
     after = client.get(f"/api/v1/subscriptions/{made['uuid']}").json()["circuit"]
     assert (after["state"], after["failures"]) == ("closed", 0)
@@ -477,11 +488,7 @@ def test_bad_connection(make_runtime: Callable[..., Runtime], receiver: Receiver
 
         dispatch_until_idle(runtime)
 
-        shown = client.get(f"{EVENTMATCH}/{made['uuid']}").json()
-        assert shown["disabled"] is None
-        assert "Connection refused" in shown["error"]
-        [pending] = deliveries_of(client, made["uuid"])
-        assert pending["state"] == "pending"
+        pending = still_enabled_and_pending(client, made["uuid"], "Connection refused")
         assert pending["attempts"] == 1  # the open circuit holds the retries back
         assert pending["last_status"] is None
         assert "Connection refused" in pending["last_error"]
@@ -500,7 +507,4 @@ def test_bad_connection(make_runtime: Callable[..., Runtime], receiver: Receiver
         dispatch_until_idle(runtime)
 
         [received] = receiver.requests
-        assert received.headers["webhook-id"] == EVENT_ID
-        assert json.loads(received.body)["eventID"] == EVENT_ID
-        [done] = deliveries_of(client, made["uuid"])
-        assert (done["state"], done["attempts"]) == ("delivered", 2)
+        arrived_once(client, received, made["uuid"], attempts=2)

@@ -41,7 +41,9 @@ def list_events(
     if event_type:
         query = query.where(OutboxEvent.type == event_type)
     if after is not None:
-        anchor = session.get(OutboxEvent, after)
+        anchor = session.scalars(
+            readable_events(select(OutboxEvent), principal).where(OutboxEvent.id == after)
+        ).first()
         if anchor is None:
             raise BadRequest(f"after: no event {after}")
         query = query.where(

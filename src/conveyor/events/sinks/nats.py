@@ -9,6 +9,7 @@ The event id goes in ``Nats-Msg-Id``, which JetStream uses to drop duplicates.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -55,7 +56,7 @@ class NatsSink(EventSink):
             **outgoing.message.headers,
         }
         try:
-            connect = lambda: self._connect(server, parts.username, outgoing)  # noqa: E731
+            connect = functools.partial(self._connect, server, parts.username, outgoing)
             with self._clients.use(key, connect) as client:
                 run_on_loop(self._publish(client, subject, outgoing.message.body, headers))
         except Exception as error:  # nats-py raises many kinds; each is "not delivered"
