@@ -20,7 +20,7 @@ class HeldExecutor(Executor):
         super().__init__(runtime)  # type: ignore[arg-type]
         self.held: list[int] = []
 
-    def submit(self, job_id: int) -> None:
+    def submit(self, job_id: int, lane: str = "jobs") -> None:
         """Hold the job."""
         self.held.append(job_id)
 

@@ -12,6 +12,8 @@ class Principal:
     user: str
     admin: bool
     authenticated: bool
+    # A scoped token's scope (see conveyor.auth.scopes); None for a full token.
+    scope: str | None = None
 
     def may_see(self, owner: str) -> bool:
         """Users see what they own; admins see everything."""

@@ -8,7 +8,7 @@ import ipaddress
 from collections.abc import Mapping
 
 from conveyor.auth.principal import Principal
-from conveyor.auth.tokens import lookup
+from conveyor.auth.tokens import PREFIX, lookup
 from conveyor.config import Settings
 from conveyor.db.engine import Database
 from conveyor.db.models import User
@@ -51,6 +51,18 @@ def anonymous(settings: Settings) -> Principal:
     return Principal(settings.default_user, admin=True, authenticated=False)
 
 
+def _scoped_token(db: Database, headers: Mapping[str, str]) -> Principal | None:
+    """A consumer run's scoped token, which works behind a proxy too (runs call directly)."""
+    secret = _bearer(headers)
+    if secret is None or not secret.startswith(PREFIX):
+        return None
+    with db.session() as session:
+        token = lookup(session, secret)
+        if token is None or token.scope is None:
+            return None
+        return Principal(token.user_id, admin=False, authenticated=True, scope=token.scope)
+
+
 def authenticate(
     settings: Settings, db: Database, headers: Mapping[str, str], client_host: str | None
 ) -> Principal:
@@ -67,9 +79,14 @@ def authenticate(
             token = lookup(session, secret)
             if token is None:
                 raise Unauthorized("the API token is unknown or revoked")
+            if token.scope is not None:
+                return Principal(token.user_id, admin=False, authenticated=True, scope=token.scope)
             user = session.get(User, token.user_id)
             admin = token.admin or bool(user and user.admin)
             return Principal(token.user_id, admin=admin, authenticated=True)
+    scoped = _scoped_token(db, headers)
+    if scoped is not None:
+        return scoped
     if not _trusted(settings, client_host):
         raise Unauthorized("requests must come through a trusted proxy")
     name = headers.get(settings.proxy_header.lower(), "").strip()

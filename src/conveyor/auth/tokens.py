@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import ApiToken, User
@@ -31,12 +32,31 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_token(session: Session, user: str, admin: bool = False, label: str = "") -> IssuedToken:
-    """Issue a token for ``user``, registering the user if needed."""
+def create_token(
+    session: Session,
+    user: str,
+    admin: bool = False,
+    label: str = "",
+    *,
+    scope: str | None = None,
+    expires_at: datetime | None = None,
+) -> IssuedToken:
+    """Issue a token for ``user``, registering the user if needed.
+
+    A ``scope`` limits the token to that scope's routes (and never makes it an admin's);
+    ``expires_at`` ends it without a revocation.
+    """
     if session.get(User, user) is None:
         insert_missing(session, User, id=user, admin=admin)
     secret = PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(user_id=user, token_hash=digest(secret), admin=admin, label=label)
+    row = ApiToken(
+        user_id=user,
+        token_hash=digest(secret),
+        admin=admin and scope is None,
+        label=label,
+        scope=scope,
+        expires_at=expires_at,
+    )
     session.add(row)
     session.flush()
     return IssuedToken(row.id, user, admin, secret)
@@ -53,9 +73,13 @@ def revoke_token(session: Session, token_id: int) -> bool:
 
 
 def lookup(session: Session, secret: str) -> ApiToken | None:
-    """The active token with this secret, if any."""
+    """The active token with this secret, if any (not revoked, not expired)."""
     return session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == digest(secret), ApiToken.revoked_at.is_(None))
+        select(ApiToken).where(
+            ApiToken.token_hash == digest(secret),
+            ApiToken.revoked_at.is_(None),
+            or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()),
+        )
     )
 
 

@@ -1,0 +1,30 @@
+"""What a scoped token may do: the routes each scope opens, nothing else.
+
+A consumer run gets a ``consumer-run`` token: it may publish a bundle and follow its job,
+and read transactions and files (as its user may), but not subscribe, delete or administer.
+"""
+
+from __future__ import annotations
+
+import re
+
+from conveyor.errors import Forbidden
+
+CONSUMER_RUN = "consumer-run"
+
+ROUTES: dict[str, tuple[tuple[str, re.Pattern[str]], ...]] = {
+    CONSUMER_RUN: (
+        ("POST", re.compile(r"/api/v1/ingest")),
+        ("GET", re.compile(r"/api/v1/jobs/\d+")),
+        ("GET", re.compile(r"/api/v1/transactions(/\d+(/files)?)?")),
+        ("GET", re.compile(r"/api/v1/files/\d+(/content)?")),
+    ),
+}
+
+
+def check_scope(scope: str, method: str, path: str) -> None:
+    """Raise :class:`Forbidden` unless a token of ``scope`` may call ``method path``."""
+    allowed = ROUTES.get(scope, ())
+    verb = "GET" if method == "HEAD" else method
+    if not any(verb == want and pattern.fullmatch(path) for want, pattern in allowed):
+        raise Forbidden(f"a {scope} token may not {method} {path}")
