@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_seconds: float = Field(30.0, gt=0)
 
+    # Consumers: where their code and venvs are kept (per machine), how many run at once in
+    # this process, and the defaults of their limits. ``public_url`` is the address a
+    # consumer calls back (``CONVEYOR_URL``); ``serve`` fills it in from its own address.
+    public_url: str = ""
+    consumer_dir: Path | None = None
+    consumer_workers: int = Field(2, ge=1, le=64)
+    consumer_timeout_seconds: float = Field(3600.0, gt=0)
+    consumer_memory_bytes: int = Field(4 * 1024**3, ge=64 * 1024**2)
+    consumer_max_depth: int = Field(5, ge=1, le=100)
+
     db_connect_attempts: int = Field(
         10,
         ge=1,
@@ -176,11 +186,15 @@ class Settings(BaseSettings):
             self.cart_cache_url = f"file://{data_dir / 'cache'}"
         if self.mirror_dir is None:
             self.mirror_dir = data_dir / "mirror"
+        if self.consumer_dir is None:
+            self.consumer_dir = data_dir / "consumers"
         if self.cart_cache_low_bytes > self.cart_cache_high_bytes:
             raise ValueError("CONVEYOR_CART_CACHE_LOW_BYTES must not exceed the high watermark")
         _check_scheme("database_url", self.database_url, DATABASE_SCHEMES)
         if self.broker_url:
             _check_scheme("broker_url", self.broker_url, BROKER_SCHEMES)
+        if self.public_url:
+            _check_scheme("public_url", self.public_url, ("http", "https"))
         if self.auth == "proxy-header" and not self.trusted_proxies:
             raise ValueError("auth 'proxy-header' needs CONVEYOR_TRUSTED_PROXIES")
         return self

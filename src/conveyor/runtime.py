@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from conveyor.config import Settings
 from conveyor.db.engine import Database
 from conveyor.db.migrate import upgrade
-from conveyor.jobs.executors import Executor, make_executor
+from conveyor.jobs.executors import JOBS_LANE, Executor, make_executor
 from conveyor.mirror.biomaj.sessions import DownloadSessions
 from conveyor.netpolicy import TargetPolicy
 from conveyor.secrets import Sealer
@@ -25,6 +25,7 @@ JOB_MODULES = (
     "conveyor.carts.build",
     "conveyor.carts.notify",
     "conveyor.mirror.runs",
+    "conveyor.consumers.jobs",
 )
 
 
@@ -76,10 +77,10 @@ class Runtime:
             self.settings.biomaj_redis_url, self.settings.biomaj_redis_prefix
         )
 
-    def submit(self, job_id: int) -> None:
+    def submit(self, job_id: int, lane: str = JOBS_LANE) -> None:
         """Hand a committed job to the executor; the sweeper covers a failed hand-over."""
         try:
-            self.executor.submit(job_id)
+            self.executor.submit(job_id, lane)
         except Exception:
             log.warning("could not dispatch job %s now; the sweeper will", job_id, exc_info=True)
 

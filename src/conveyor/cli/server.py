@@ -81,6 +81,9 @@ def serve(
 
     overrides = {"workers": workers} if workers else {}
     settings = settings_or_die(**overrides)
+    if not settings.public_url:
+        # Consumers run here call the API back at this server's own address.
+        settings.public_url = f"http://{_reachable(host)}:{port}"
     configure_logging(settings.log_format, settings.log_level)
     if settings.auth == "none" and not is_loopback(host):
         die(
@@ -113,14 +116,29 @@ def serve(
         runtime.close()
 
 
+def _reachable(host: str) -> str:
+    """An address of this machine to call a server listening on ``host``."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard bind is answered on loopback
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Jobs run at once.")] = None,
     beat: Annotated[
         bool, typer.Option(help="Also run Celery beat here (scheduled mirror runs); run one.")
     ] = False,
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="Lanes to work: jobs, consumers or both (run consumers on their own workers "
+            "so long consumer runs never hold every thread their outputs need)."
+        ),
+    ] = "jobs,consumers",
 ) -> None:
     """Run a Celery worker (needs CONVEYOR_BROKER_URL)."""
     from conveyor.jobs.celery_app import (
+        QUEUES,
         BrokerUnavailable,
         bind_runtime,
         celery_app,
@@ -133,6 +151,10 @@ def worker(
     configure_logging(settings.log_format, settings.log_level)
     if not settings.uses_broker:
         die("conveyor worker needs CONVEYOR_BROKER_URL (amqp://… or redis://…)")
+    lanes = [lane.strip() for lane in queues.split(",") if lane.strip()]
+    unknown = [lane for lane in lanes if lane not in QUEUES]
+    if unknown or not lanes:
+        die(f"--queues takes {' and/or '.join(QUEUES)}, not {queues!r}")
     try:
         runtime = Runtime.open(settings)
         wait_for_broker(settings)
@@ -149,6 +171,7 @@ def worker(
                 f"--concurrency={concurrency or settings.workers}",
                 "--without-gossip",
                 "--without-mingle",
+                f"--queues={','.join(QUEUES[lane] for lane in lanes)}",
                 f"--loglevel={settings.log_level}",
                 *(
                     ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
@@ -173,6 +196,7 @@ def _serve_processes(
     runtime.close()
     if workers:
         os.environ["CONVEYOR_WORKERS"] = str(workers)
+    os.environ["CONVEYOR_PUBLIC_URL"] = runtime.settings.public_url
     uvicorn.run(
         "conveyor.web.app:app_from_environment",
         factory=True,

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 RUN_JOB = "conveyor.run_job"
 QUEUE = "conveyor.jobs"
+# Each executor lane's queue (consumer runs have their own; see jobs.executors).
+QUEUES = {"jobs": QUEUE, "consumers": "conveyor.consumers"}
 
 celery_app = Celery("conveyor")
 _runtime: Runtime | None = None

@@ -37,6 +37,11 @@ class SweepHook:
 # Domain packages add theirs (abandoned uploads, temporary writes, expired carts, …).
 SWEEP_HOOKS: list[SweepHook] = []
 
+# Lanes: consumer runs get workers of their own, so runs that wait on jobs they started
+# (a consumer publishing its outputs) can never hold every worker those jobs need.
+JOBS_LANE = "jobs"
+CONSUMERS_LANE = "consumers"
+
 # How long a dispatched job may wait in a queue before the sweeper sends it again.
 DISPATCH_GRACE_SECONDS = 300.0
 
@@ -48,8 +53,8 @@ class Executor(ABC):
         self.runtime = runtime
 
     @abstractmethod
-    def submit(self, job_id: int) -> None:
-        """Make sure a worker will try to run ``job_id``."""
+    def submit(self, job_id: int, lane: str = JOBS_LANE) -> None:
+        """Make sure a worker of ``lane`` will try to run ``job_id``."""
 
     def start(self) -> None:
         """Start whatever runs in the background."""
@@ -61,7 +66,7 @@ class Executor(ABC):
 class InlineExecutor(Executor):
     """Runs each job at once in the submitting thread (tests, and `--inline` tools)."""
 
-    def submit(self, job_id: int) -> None:
+    def submit(self, job_id: int, lane: str = JOBS_LANE) -> None:
         """Run the job now."""
         run_job(self.runtime, job_id)
 
@@ -121,12 +126,18 @@ class LocalExecutor(Executor):
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
-        self._pool = ThreadPoolExecutor(runtime.settings.workers, thread_name_prefix="job")
+        settings = runtime.settings
+        self._pools = {
+            JOBS_LANE: ThreadPoolExecutor(settings.workers, thread_name_prefix="job"),
+            CONSUMERS_LANE: ThreadPoolExecutor(
+                settings.consumer_workers, thread_name_prefix="consumer"
+            ),
+        }
         self._sweeper = Sweeper(runtime, self)
 
-    def submit(self, job_id: int) -> None:
-        """Queue the job on the pool."""
-        self._pool.submit(self._run, job_id)
+    def submit(self, job_id: int, lane: str = JOBS_LANE) -> None:
+        """Queue the job on the lane's pool."""
+        self._pools.get(lane, self._pools[JOBS_LANE]).submit(self._run, job_id)
 
     def _run(self, job_id: int) -> None:
         try:
@@ -141,17 +152,18 @@ class LocalExecutor(Executor):
     def shutdown(self) -> None:
         """Stop sweeping and wait for running jobs."""
         self._sweeper.stop()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class CeleryExecutor(Executor):
     """Sends job ids to Celery workers over RabbitMQ or Redis."""
 
-    def submit(self, job_id: int) -> None:
-        """Publish a message that wakes one worker."""
-        from conveyor.jobs.celery_app import RUN_JOB, celery_app
+    def submit(self, job_id: int, lane: str = JOBS_LANE) -> None:
+        """Publish a message on the lane's queue that wakes one worker."""
+        from conveyor.jobs.celery_app import QUEUES, RUN_JOB, celery_app
 
-        celery_app.send_task(RUN_JOB, args=[job_id])
+        celery_app.send_task(RUN_JOB, args=[job_id], queue=QUEUES.get(lane, QUEUES[JOBS_LANE]))
 
 
 def make_executor(runtime: Runtime, inline: bool = False) -> Executor:
