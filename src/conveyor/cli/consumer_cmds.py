@@ -1,18 +1,24 @@
-"""``conveyor consumer``: check a consumer.zip and build its environment, as a run would."""
+"""``conveyor consumer``: check, install, list and remove consumers; serve one elsewhere."""
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from conveyor.cli.client_cmds import TokenOption, UrlOption, call_api
 from conveyor.cli.common import die, err, print_json
+from conveyor.client.api import ApiError, ConveyorClient
 from conveyor.consumers.environments import ConsumerSetupError, build_environment, shim_wheelhouse
 from conveyor.consumers.package import PackageError, read_package, unpack
+from conveyor.consumers.remote import RemoteConsumer, RemoteOptions
 from conveyor.events.filters import FilterError, compile_filter
 
+DEFAULT_URL = "http://127.0.0.1:8080"
 consumer_app = typer.Typer(
     help="Consumers: consumer.zip programs run on matching events.", no_args_is_help=True
 )
@@ -63,3 +69,126 @@ def check(
                 "python": str(environment.python) if into else None,
             }
         )
+
+
+@consumer_app.command("add")
+def add(
+    package_path: Annotated[Path, typer.Argument(help="The consumer.zip to install.")],
+    name: Annotated[
+        str | None, typer.Option(help="The consumer's name (default: the package's folder).")
+    ] = None,
+    allow_self: Annotated[
+        bool, typer.Option(help="Let its own outputs (directly or via a chain) trigger it.")
+    ] = False,
+    max_depth: Annotated[
+        int | None, typer.Option(help="Runs on data at most this many derivations deep.")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds a run may take.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until it is ready (or failed).")] = True,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Install a consumer on the server: its venv is built and it is subscribed."""
+    params: dict[str, Any] = {"allow_self": allow_self}
+    chosen = name or (package_path.stem if package_path.stem != "consumer" else None)
+    for key, value in (("name", chosen), ("max_depth", max_depth), ("timeout_seconds", timeout)):
+        if value is not None:
+            params[key] = value
+    try:
+        handle = package_path.open("rb")
+        size = package_path.stat().st_size
+    except OSError as error:
+        die(f"cannot read {package_path}: {error.strerror or error}", code=1)
+    with handle:
+        created = call_api(
+            url,
+            token,
+            "POST",
+            "/api/v1/consumers",
+            params=params,
+            content=handle,
+            headers={"Content-Type": "application/zip", "Content-Length": str(size)},
+            timeout=None,
+        )
+    if not wait:
+        print_json(created)
+        return
+    err.print(f"consumer {created['name']}: setting up (job {created['job_id']})…")
+    with ConveyorClient(url, token) as client:
+        try:
+            client.wait(int(created["job_id"]))
+            shown = client.request("GET", f"/api/v1/consumers/{created['name']}")
+        except ApiError as error:
+            die(str(error), code=1)
+    print_json(shown)
+    if shown["state"] != "ready":
+        die(f"consumer {shown['name']} is {shown['state']}: {shown['error']}", code=1)
+
+
+@consumer_app.command("list")
+def list_consumers(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """Installed consumers, their versions and states."""
+    print_json(call_api(url, token, "GET", "/api/v1/consumers"))
+
+
+@consumer_app.command("show")
+def show(name: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """One consumer."""
+    print_json(call_api(url, token, "GET", f"/api/v1/consumers/{name}"))
+
+
+@consumer_app.command("remove")
+def remove(name: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """Remove a consumer and its subscription."""
+    call_api(url, token, "DELETE", f"/api/v1/consumers/{name}")
+    err.print(f"consumer {name} removed")
+
+
+@consumer_app.command("serve")
+def serve(
+    package_path: Annotated[Path, typer.Argument(help="The consumer.zip to run.")],
+    producer: Annotated[str, typer.Option(help="The producing Conveyor's URL.")],
+    token: TokenOption = None,
+    listen: Annotated[
+        str, typer.Option(help="host:port for the event endpoint (port 0: any free one).")
+    ] = "127.0.0.1:0",
+    callback_url: Annotated[
+        str | None,
+        typer.Option(help="The URL the producer calls (default: http://LISTEN/events)."),
+    ] = None,
+    work_dir: Annotated[
+        Path, typer.Option(help="The venv, the spool of accepted events and run folders.")
+    ] = Path("conveyor-consumer"),
+    name: Annotated[str | None, typer.Option(help="The consumer's name.")] = None,
+    allow_self: Annotated[bool, typer.Option(help="Let its own outputs trigger it.")] = False,
+    max_depth: Annotated[int, typer.Option(help="Derivation depth limit.", min=1)] = 5,
+    timeout: Annotated[float, typer.Option(help="Seconds a run may take.")] = 3600.0,
+) -> None:
+    """Run a consumer here on a producer's events, until interrupted (then unsubscribe)."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        die(f"--listen takes host:port, not {listen!r}")
+    options = RemoteOptions(
+        producer_url=producer,
+        token=token,
+        work_dir=work_dir.absolute(),
+        listen_host=host,
+        listen_port=int(port),
+        callback_url=callback_url,
+        name=name,
+        allow_self=allow_self,
+        max_depth=max_depth,
+        timeout_seconds=timeout,
+    )
+    try:
+        consumer = RemoteConsumer(package_path, options)
+        consumer.start()
+    except (PackageError, ConsumerSetupError, ApiError) as error:
+        die(str(error), code=1)
+    err.print(f"consumer {consumer.name} listening at {consumer.callback_url}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    err.print("stopping: removing the subscription…")
+    consumer.stop()

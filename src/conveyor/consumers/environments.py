@@ -10,6 +10,7 @@ step has a time limit, and a failed one says which step and ends with its output
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -17,7 +18,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor import __version__
 from conveyor.consumers.package import INIT_SCRIPT, REQUIREMENTS
 
 SHIMS = Path(__file__).with_name("shims")
@@ -46,11 +46,11 @@ class Environment:
 
 
 def shim_wheelhouse(directory: Path, timeout: float = 600.0) -> Path:
-    """The folder of stand-in wheels for this Conveyor version, built on first use."""
-    house = directory / f"shims-{__version__}"
+    """The folder of stand-in wheels for these shim sources, built on first use."""
+    house = directory / f"shims-{_shims_digest()}"
     if (house / ".complete").exists():
         return house
-    building = directory / f"shims-{__version__}.part"
+    building = directory / f"{house.name}.part"
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     for source in sorted(path for path in SHIMS.iterdir() if (path / "pyproject.toml").exists()):
@@ -66,6 +66,16 @@ def shim_wheelhouse(directory: Path, timeout: float = 600.0) -> Path:
     return house
 
 
+def _shims_digest() -> str:
+    """What the shim sources hash to: a change to them makes new wheels."""
+    digest = hashlib.sha256()
+    for path in sorted(SHIMS.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(SHIMS).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def build_environment(
     code: Path, destination: Path, wheelhouse: Path, timeout: float = 1800.0
 ) -> Environment:
@@ -78,7 +88,7 @@ def build_environment(
         cwd=code,
         timeout=timeout,
     )
-    environment = _venv_variables(building)
+    environment = venv_variables(building)
     if (code / INIT_SCRIPT).exists():
         _run("run init.sh", ["sh", INIT_SCRIPT], cwd=code, timeout=timeout, env=environment)
     if (code / REQUIREMENTS).exists():
@@ -103,8 +113,11 @@ def build_environment(
     return Environment(destination)
 
 
-def _venv_variables(venv: Path) -> dict[str, str]:
-    """The process environment with the venv active (as ``activate`` would set it)."""
+def venv_variables(venv: Path) -> dict[str, str]:
+    """The process environment with the venv active (as ``activate`` would set it).
+
+    The server's own ``CONVEYOR_*`` settings (database URL, secret key) are left out.
+    """
     variables = {key: value for key, value in os.environ.items() if not key.startswith("CONVEYOR_")}
     variables.pop("PYTHONHOME", None)
     variables["VIRTUAL_ENV"] = str(venv)

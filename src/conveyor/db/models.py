@@ -211,6 +211,9 @@ class ApiToken(Base):
     label: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # A token limited to some routes (a consumer run's: publish and read), or None.
+    scope: Mapped[str | None] = mapped_column(String(32), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class OutboxEvent(Base):
@@ -498,3 +501,39 @@ class Delivery(Base):
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class Consumer(Timestamped, Base):
+    """An installed consumer.zip: its package, limits and the subscription that feeds it."""
+
+    __tablename__ = "consumers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    # The package's sha256 (its blob in the archive); its first 12 digits are the version.
+    sha256: Mapped[str] = mapped_column(String(64))
+    # installing, ready or failed (with ``error``).
+    state: Mapped[str] = mapped_column(String(16), default="installing")
+    error: Mapped[str] = mapped_column(Text, default="")
+    # The jsonpath2 filter (from jsonpath2.txt, or the default: every new transaction).
+    filter: Mapped[str] = mapped_column(Text)
+    # Whether its outputs (or a chain through other consumers) may trigger it again.
+    allow_self: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_depth: Mapped[int] = mapped_column(Integer)
+    timeout_seconds: Mapped[float] = mapped_column(Float)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    subscription_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    setup_job_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class ConsumerRun(Base):
+    """One event given to one consumer: made once per pair, whatever the redeliveries."""
+
+    __tablename__ = "consumer_runs"
+    __table_args__ = (UniqueConstraint("consumer", "event_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    consumer: Mapped[str] = mapped_column(String(100), index=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -34,6 +34,7 @@ from conveyor.db.types import iso_z, utcnow
 from conveyor.db.upsert import insert_many_missing
 from conveyor.errors import BadRequest
 from conveyor.events.filters import EventFilter
+from conveyor.events.internal import INTERNAL_TARGETS
 from conveyor.events.matching import MatcherSet, matchers
 from conveyor.events.outbox import EVENT_COLUMNS, Event, EventRecord, record_event
 from conveyor.events.shapes import document, encode
@@ -344,7 +345,12 @@ class Dispatcher:
     def _send(self, claimed: Claimed) -> Outcome:
         subscription = claimed.subscription
         started = time.perf_counter()
+        internal = INTERNAL_TARGETS.get(urlsplit(subscription.target_url).scheme)
         try:
+            if internal is not None:
+                outcome = internal(self.runtime, claimed.event, subscription.target_url)
+                outcome.extra["seconds"] = time.perf_counter() - started
+                return outcome
             secret, auth = self._secrets(subscription)
             self._check_target(subscription.target_url)
             doc = document(claimed.event, subscription.shape, subscription.extensions)

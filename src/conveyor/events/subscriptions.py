@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from conveyor.auth.principal import Principal
 from conveyor.db.models import Delivery, Subscription
 from conveyor.db.types import iso_z, utcnow
-from conveyor.errors import BadRequest, NotFound
+from conveyor.errors import BadRequest, Conflict, NotFound
 from conveyor.events.filters import Dialect, FilterError, compile_filter
 from conveyor.events.shapes import ContentMode, Shape
 from conveyor.events.sinks import sink_class
@@ -136,8 +136,15 @@ def create(
     *,
     consumer: str | None = None,
 ) -> tuple[Subscription, str]:
-    """Validate and store a subscription; the row and its (plain) signing secret."""
-    target, auth = checked_target(spec.target, spec.auth, policy)
+    """Validate and store a subscription; the row and its (plain) signing secret.
+
+    A ``consumer``'s subscription targets that consumer inside Conveyor, whatever
+    ``spec.target`` says.
+    """
+    if consumer is not None:
+        target, auth = consumer_target(consumer), None
+    else:
+        target, auth = checked_target(spec.target, spec.auth, policy)
     _check_form(spec.filter, spec.dialect, spec.shape, spec.content_mode, target, spec.extensions)
     secret = check_secret(spec.secret) if spec.secret else new_secret()
     row = Subscription(
@@ -172,6 +179,7 @@ def update_subscription(
     policy: TargetPolicy,
 ) -> Subscription:
     """Apply ``patch``; a new target or an unpause closes the circuit breaker."""
+    refuse_if_managed(row)
     given = patch.model_fields_set
     target = row.target_url
     auth = _opened_auth(row, sealer)
@@ -205,6 +213,20 @@ def rotate_secret(row: Subscription, sealer: Sealer) -> str:
     row.secret_sealed = sealer.seal(secret)
     row.updated_at = utcnow()
     return secret
+
+
+def consumer_target(name: str) -> str:
+    """The internal target URL of consumer ``name``."""
+    return f"consumer://{name}"
+
+
+def refuse_if_managed(row: Subscription) -> None:
+    """Raise :class:`Conflict` when the subscription belongs to a consumer (change that)."""
+    if row.consumer is not None:
+        raise Conflict(
+            f"subscription {row.id} feeds consumer {row.consumer!r}; "
+            "change or remove the consumer instead"
+        )
 
 
 def delete(session: Session, row: Subscription) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
 
 from conveyor.db.engine import Database
-from conveyor.db.models import File, StagedBlob
+from conveyor.db.models import Consumer, File, StagedBlob
 from conveyor.ingest.bundle import StagedMember
 from conveyor.storage.archive import Archive, blob_key
 from conveyor.storage.errors import ArchiveError
@@ -103,16 +105,22 @@ def discard(db: Database, archive: Archive, job_id: int) -> int:
     return delete_unreferenced(db, archive, created)
 
 
+def referenced(session: Session, candidates: Iterable[str]) -> set[str]:
+    """The blobs among ``candidates`` a file, a staging job or a consumer package uses."""
+    wanted = list(candidates)
+    used = set(session.scalars(select(File.sha256).where(File.sha256.in_(wanted))))
+    used |= set(session.scalars(select(StagedBlob.sha256).where(StagedBlob.sha256.in_(wanted))))
+    used |= set(session.scalars(select(Consumer.sha256).where(Consumer.sha256.in_(wanted))))
+    return used
+
+
 def delete_unreferenced(db: Database, archive: Archive, candidates: set[str]) -> int:
-    """Delete the blobs among ``candidates`` that no file and no staging job refers to."""
+    """Delete the blobs among ``candidates`` that nothing refers to."""
     removed = 0
     for sha256 in candidates:
         with db.session() as session:
-            in_file = session.scalar(select(File.id).where(File.sha256 == sha256).limit(1))
-            staged = session.scalar(
-                select(StagedBlob.id).where(StagedBlob.sha256 == sha256).limit(1)
-            )
-        if in_file is None and staged is None:
+            used = referenced(session, [sha256])
+        if not used:
             try:
                 archive.delete(sha256)
                 removed += 1
@@ -162,8 +170,7 @@ def _collect_batch(
 ) -> None:
     report.checked += len(batch)
     with db.session() as session:
-        used = set(session.scalars(select(File.sha256).where(File.sha256.in_(batch))))
-        used |= set(session.scalars(select(StagedBlob.sha256).where(StagedBlob.sha256.in_(batch))))
+        used = referenced(session, batch)
     for sha256 in batch:
         if sha256 in used:
             continue

@@ -15,7 +15,16 @@ from conveyor.config import Settings
 from conveyor.observability import metrics
 from conveyor.runtime import Runtime
 from conveyor.web import health, problems
-from conveyor.web.api_v1 import admin, carts, events, ingest, jobs, mirrors, transactions
+from conveyor.web.api_v1 import (
+    admin,
+    carts,
+    consumers,
+    events,
+    ingest,
+    jobs,
+    mirrors,
+    transactions,
+)
 from conveyor.web.compat import (
     biomaj_download,
     motrpac,
@@ -93,6 +102,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         carts.router,
         mirrors.router,
         events.router,
+        consumers.router,
         biomaj_download.router,
         pacifica_cartd.router,
         jobs.router,

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from conveyor.auth.principal import Principal
 from conveyor.auth.resolve import anonymous, authenticate
+from conveyor.auth.scopes import check_scope
 from conveyor.errors import Forbidden
 from conveyor.runtime import Runtime
 
@@ -29,7 +30,10 @@ async def get_principal(request: Request) -> Principal:
     if settings.auth == "none":
         return anonymous(settings)
     host = request.client.host if request.client else None
-    return await to_thread.run_sync(authenticate, settings, runtime.db, request.headers, host)
+    principal = await to_thread.run_sync(authenticate, settings, runtime.db, request.headers, host)
+    if principal.scope is not None:
+        check_scope(principal.scope, request.method, request.url.path)
+    return principal
 
 
 async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:

@@ -83,7 +83,9 @@ def delete_subscription(
 ) -> Response:
     """Its deliveries not yet made are cancelled; its delivery history stays readable."""
     with runtime.db.session() as session:
-        subs.delete(session, subs.visible(session, principal, subscription_id))
+        row = subs.visible(session, principal, subscription_id)
+        subs.refuse_if_managed(row)
+        subs.delete(session, row)
     return Response(status_code=204)
 
 

@@ -1,0 +1,232 @@
+"""One consumer run's folders and process, the same on the server and in ``consumer serve``.
+
+``SRC/notification.json`` holds the event; ``SRC/downloads/<subdir>/<name>`` the input
+transaction's files; ``DST/uploads/`` the same folder tree, empty, since published
+consumers write into it without making folders. The entry point runs as
+``python __main__.py SRC DST`` in the consumer's venv, in its own process group, with a
+memory limit and a timeout; it sees none of the server's ``CONVEYOR_*`` settings, only
+what the run gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conveyor.consumers.environments import Environment, venv_variables
+from conveyor.consumers.package import ENTRY_POINT
+from conveyor.ingest.paths import UnsafePath, relative_parts
+
+STDERR_TAIL = 4000
+POLL_SECONDS = 0.05
+KILL_GRACE_SECONDS = 5.0
+# Sets the limits inside the child, then becomes the consumer: no preexec_fn, which is
+# unsafe in a threaded server.
+LIMITED_START = (
+    "import os, resource, sys\n"
+    "memory = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (memory, memory))\n"
+    "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
+
+
+class ConsumerFailed(Exception):
+    """The consumer's process failed; the message says how, with the end of its stderr."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file of the input transaction, as the event describes it."""
+
+    file_id: int
+    subdir: str
+    name: str
+    size: int
+
+    def relative(self) -> Path:
+        """Its path below ``downloads/`` (refused if it would leave the folder)."""
+        try:
+            return Path(*relative_parts(f"{self.subdir}/{self.name}".lstrip("/")))
+        except UnsafePath as error:
+            raise ConsumerFailed(f"input file {self.file_id} has an unsafe path: {error}") from None
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The run's folders."""
+
+    root: Path
+
+    @property
+    def src(self) -> Path:
+        """The incoming transaction's folder."""
+        return self.root / "SRC"
+
+    @property
+    def dst(self) -> Path:
+        """The outgoing transaction's folder."""
+        return self.root / "DST"
+
+    @property
+    def uploads(self) -> Path:
+        """Where the consumer writes what it publishes."""
+        return self.dst / "uploads"
+
+
+def input_files(document: Mapping[str, Any]) -> list[InputFile]:
+    """The ``Files`` entries of a Pacifica-shaped event."""
+    data = document.get("data")
+    return [
+        InputFile(
+            int(entry["_id"]),
+            str(entry.get("subdir") or ""),
+            str(entry["name"]),
+            int(entry.get("size") or 0),
+        )
+        for entry in (data if isinstance(data, list) else [])
+        if isinstance(entry, dict) and entry.get("destinationTable") == "Files" and "_id" in entry
+    ]
+
+
+def lay_out(
+    root: Path,
+    document: Mapping[str, Any],
+    files: list[InputFile],
+    fetch: Callable[[InputFile, Path], None],
+) -> Workspace:
+    """Make the run's folders: the event, every input file (``fetch`` writes each one to the
+    path it is given) and the empty output tree."""
+    space = Workspace(root)
+    (space.src / "downloads").mkdir(parents=True)
+    space.uploads.mkdir(parents=True)
+    (space.src / "notification.json").write_text(json.dumps(document), encoding="utf-8")
+    for item in files:
+        relative = item.relative()
+        target = space.src / "downloads" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (space.uploads / relative).parent.mkdir(parents=True, exist_ok=True)
+        fetch(item, target)
+    return space
+
+
+def run_entry_point(
+    environment: Environment,
+    code: Path,
+    space: Workspace,
+    *,
+    variables: Mapping[str, str],
+    timeout: float,
+    memory_bytes: int,
+    still_wanted: Callable[[], None] = lambda: None,
+) -> None:
+    """Run ``python __main__.py SRC DST``; :class:`ConsumerFailed` unless it exits 0.
+
+    ``still_wanted`` is called while the process runs; if it raises (the job's lease was
+    lost, say), the process group is killed and the error goes on up.
+    """
+    log = space.root / "stderr.log"
+    command = [
+        str(environment.python),
+        "-c",
+        LIMITED_START,
+        str(memory_bytes),
+        ENTRY_POINT,
+        str(space.src),
+        str(space.dst),
+    ]
+    env = {**venv_variables(environment.path), **variables}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            command,
+            cwd=code,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        code_or_none = _wait(process, timeout, still_wanted)
+    except BaseException:
+        _kill(process)
+        raise
+    if code_or_none is None:
+        _kill(process)
+        raise ConsumerFailed(f"did not finish in {timeout:g} s and was killed; {_tail(log)}")
+    if code_or_none != 0:
+        how = (
+            f"killed by signal {-code_or_none}"
+            if code_or_none < 0
+            else f"exit status {code_or_none}"
+        )
+        raise ConsumerFailed(f"{how}; {_tail(log)}")
+
+
+def outputs(space: Workspace) -> Iterator[tuple[Path, str]]:
+    """Each file the consumer left in ``DST/uploads`` and its subdir, in a stable order.
+
+    A link is refused (it could point at any file the server may read).
+    """
+    if not space.uploads.is_dir():
+        return
+    for folder, dirs, names in os.walk(space.uploads):
+        dirs.sort()
+        here = Path(folder)
+        for name in sorted(names):
+            path = here / name
+            if path.is_symlink() or not path.is_file():
+                raise ConsumerFailed(f"output {path.relative_to(space.uploads)} is not a file")
+            yield path, here.relative_to(space.uploads).as_posix().strip(".")
+        for name in dirs:
+            if (here / name).is_symlink():
+                raise ConsumerFailed(f"output {(here / name).relative_to(space.uploads)} is a link")
+
+
+def _wait(
+    process: subprocess.Popen[bytes], timeout: float, still_wanted: Callable[[], None]
+) -> int | None:
+    deadline = time.monotonic() + timeout
+    delay = POLL_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            return process.wait(timeout=min(delay, max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            still_wanted()
+            delay = min(1.0, delay * 2)
+    return process.poll()
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """End the whole process group: TERM, a grace period, then KILL."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            if sig == signal.SIGTERM:
+                os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+def _tail(log: Path) -> str:
+    try:
+        with log.open("rb") as stream:
+            stream.seek(max(0, log.stat().st_size - STDERR_TAIL))
+            text = stream.read().decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return f"stderr: {text}" if text else "no output on stderr"
