@@ -46,13 +46,14 @@ def create_token(
     A ``scope`` limits the token to that scope's routes (and never makes it an admin's);
     ``expires_at`` ends it without a revocation.
     """
+    admin = admin and scope is None
     if session.get(User, user) is None:
         insert_missing(session, User, id=user, admin=admin)
     secret = PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         user_id=user,
         token_hash=digest(secret),
-        admin=admin and scope is None,
+        admin=admin,
         label=label,
         scope=scope,
         expires_at=expires_at,

@@ -168,6 +168,8 @@ def serve(
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         die(f"--listen takes host:port, not {listen!r}")
+    if host in ("0.0.0.0", "::", "[::]") and not callback_url:  # noqa: S104 - checked
+        die("listening on every interface: give --callback-url, the URL the producer calls")
     options = RemoteOptions(
         producer_url=producer,
         token=token,
@@ -191,4 +193,7 @@ def serve(
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     err.print("stopping: removing the subscription…")
-    consumer.stop()
+    try:
+        consumer.stop()
+    except ApiError as error:
+        die(f"stopped, but the subscription could not be removed: {error}", code=1)

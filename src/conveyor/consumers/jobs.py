@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -145,19 +145,10 @@ def run_setup(context: JobContext) -> None:
             install(runtime, sha256)
     except StepFailed as failure:
         with runtime.db.session() as session:
-            session.execute(
-                update(Consumer)
-                .where(Consumer.name == name, Consumer.sha256 == sha256)
-                .values(state=registry.FAILED, error=f"{failure.task}: {failure.message}")
-                .execution_options(synchronize_session=False)
-            )
+            registry.failed_version(session, name, sha256, f"{failure.task}: {failure.message}")
         raise
     with context.step("subscribe"), runtime.db.session() as session:
-        row = session.get(Consumer, name)
-        if row is not None and row.sha256 == sha256:
-            row.state, row.error = registry.READY, ""
-            row.updated_at = utcnow()
-            registry.subscribe(session, row, runtime)
+        registry.installed_version(session, name, sha256, runtime)
         jobs.finish(session, context.job_id, states.SUCCEEDED, task="subscribe", percent=100.0)
     log.info("consumer %s version %s is ready", name, sha256[:12])
 

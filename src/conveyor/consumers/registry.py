@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from conveyor.auth.principal import Principal
 from conveyor.consumers.package import ConsumerPackage, PackageError, read_package
 from conveyor.db.models import Consumer, Subscription
-from conveyor.db.types import iso_z
+from conveyor.db.types import iso_z, utcnow
 from conveyor.errors import BadRequest, NotFound
 from conveyor.events import subscriptions
 from conveyor.events.filters import FilterError, compile_filter
@@ -52,8 +52,8 @@ def add(
 ) -> tuple[dict[str, Any], int]:
     """Check and store the package, record the consumer, queue its setup job.
 
-    A consumer of that name is replaced by the new version once the setup succeeds; until
-    then its old version keeps running.
+    A ready consumer of that name keeps running its version until the new one is set up
+    (and keeps it when the setup fails); its limits change at once.
     """
     try:
         package = read_package(package_path)
@@ -74,14 +74,15 @@ def add(
     settings = runtime.settings
     with runtime.db.session() as session:
         row = session.get(Consumer, name)
-        if row is None:
-            row = Consumer(name=name, subscription_id=None)
-            session.add(row)
+        if row is None or row.state != READY:
+            if row is None:
+                row = Consumer(name=name, subscription_id=None)
+                session.add(row)
+            row.sha256, row.filter, row.state = package.sha256, filter_text, INSTALLING
+        row.pending_sha256 = package.sha256 if row.state == READY else None
+        row.pending_filter = filter_text if row.state == READY else None
         row.owner = principal.user
-        row.sha256 = package.sha256
-        row.state = INSTALLING
         row.error = ""
-        row.filter = filter_text
         row.allow_self = options.allow_self
         row.max_depth = options.max_depth or settings.consumer_max_depth
         row.timeout_seconds = options.timeout_seconds or settings.consumer_timeout_seconds
@@ -106,6 +107,36 @@ def write_package(runtime: Runtime, sha256: str, target: Path) -> None:
     """Copy the stored package ``sha256`` to ``target``."""
     with runtime.archive.open(sha256) as source, target.open("wb") as out:
         shutil.copyfileobj(source, out, READ_CHUNK)
+
+
+def installed_version(session: Session, name: str, sha256: str, runtime: Runtime) -> bool:
+    """Make ``sha256`` the consumer's running version (and subscribe it); False when the
+    consumer is gone or has moved on to another version since."""
+    row = session.get(Consumer, name)
+    if row is None:
+        return False
+    if row.pending_sha256 == sha256 and row.pending_filter is not None:
+        row.sha256, row.filter = sha256, row.pending_filter
+    elif row.state == READY or row.sha256 != sha256:
+        return False
+    row.pending_sha256, row.pending_filter = None, None
+    row.state, row.error = READY, ""
+    row.updated_at = utcnow()
+    subscribe(session, row, runtime)
+    return True
+
+
+def failed_version(session: Session, name: str, sha256: str, reason: str) -> None:
+    """Record that ``sha256`` could not be set up: a new consumer fails; an upgrade is
+    dropped and the running version stays, with the reason in ``error``."""
+    row = session.get(Consumer, name)
+    if row is None:
+        return
+    if row.pending_sha256 == sha256:
+        row.pending_sha256, row.pending_filter = None, None
+        row.error = f"version {sha256[:12]} was not installed: {reason}"
+    elif row.state == INSTALLING and row.sha256 == sha256:
+        row.state, row.error = FAILED, reason
 
 
 def subscribe(session: Session, row: Consumer, runtime: Runtime) -> None:
@@ -159,6 +190,7 @@ def view(row: Consumer) -> dict[str, Any]:
         "owner": row.owner,
         "version": row.sha256[:12],
         "sha256": row.sha256,
+        "pending_version": row.pending_sha256[:12] if row.pending_sha256 else None,
         "state": row.state,
         "error": row.error,
         "filter": row.filter,

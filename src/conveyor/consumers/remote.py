@@ -149,13 +149,19 @@ class RemoteConsumer:
             return HTTPStatus.SERVICE_UNAVAILABLE
         try:
             Webhook(self._secret).verify(body, headers)
-            event = json.loads(body)
-        except (WebhookVerificationError, ValueError):
+        except WebhookVerificationError:
             return HTTPStatus.UNAUTHORIZED
+        try:
+            event = json.loads(body)
+        except ValueError:
+            return HTTPStatus.BAD_REQUEST
+        if not isinstance(event, dict):
+            return HTTPStatus.BAD_REQUEST
         event_id = str(headers.get("webhook-id") or event.get("eventID") or "")
         if not event_id or "/" in event_id or event_id.startswith("."):
             return HTTPStatus.BAD_REQUEST
-        if (self.done / event_id).exists() or (self.spool / f"{event_id}.json").exists():
+        # Spool before done: a run finishing between the two checks is still seen.
+        if (self.spool / f"{event_id}.json").exists() or (self.done / event_id).exists():
             return HTTPStatus.NO_CONTENT
         part = self.spool / f".{event_id}.{uuid.uuid4().hex}"
         part.write_bytes(body)
@@ -174,6 +180,9 @@ class RemoteConsumer:
 
     def _run_spooled(self, path: Path) -> None:
         event_id = path.stem
+        if (self.done / event_id).exists():  # ran before a crash kept its spool file
+            path.unlink()
+            return
         try:
             outcome = self.run_event(json.loads(path.read_bytes()), event_id)
         except Exception as error:  # one bad event must not stop the consumer

@@ -184,7 +184,8 @@ def outputs(space: Workspace) -> Iterator[tuple[Path, str]]:
             path = here / name
             if path.is_symlink() or not path.is_file():
                 raise ConsumerFailed(f"output {path.relative_to(space.uploads)} is not a file")
-            yield path, here.relative_to(space.uploads).as_posix().strip(".")
+            subdir = here.relative_to(space.uploads).as_posix()
+            yield path, "" if subdir == "." else subdir
         for name in dirs:
             if (here / name).is_symlink():
                 raise ConsumerFailed(f"output {(here / name).relative_to(space.uploads)} is a link")

@@ -510,13 +510,17 @@ class Consumer(Timestamped, Base):
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255))
-    # The package's sha256 (its blob in the archive); its first 12 digits are the version.
+    # The package runs use: its sha256 (its blob in the archive; the first 12 digits are
+    # the version) and its jsonpath2 filter (from jsonpath2.txt, or every new transaction).
     sha256: Mapped[str] = mapped_column(String(64))
-    # installing, ready or failed (with ``error``).
+    filter: Mapped[str] = mapped_column(Text)
+    # A new version being installed; runs keep using the one above until it is ready.
+    pending_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    pending_filter: Mapped[str | None] = mapped_column(Text, default=None)
+    # installing (no version ready yet), ready, or failed (with ``error``). A failed
+    # upgrade leaves the consumer ready on its old version, with ``error`` saying why.
     state: Mapped[str] = mapped_column(String(16), default="installing")
     error: Mapped[str] = mapped_column(Text, default="")
-    # The jsonpath2 filter (from jsonpath2.txt, or the default: every new transaction).
-    filter: Mapped[str] = mapped_column(Text)
     # Whether its outputs (or a chain through other consumers) may trigger it again.
     allow_self: Mapped[bool] = mapped_column(Boolean, default=False)
     max_depth: Mapped[int] = mapped_column(Integer)

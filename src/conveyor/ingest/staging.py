@@ -111,6 +111,9 @@ def referenced(session: Session, candidates: Iterable[str]) -> set[str]:
     used = set(session.scalars(select(File.sha256).where(File.sha256.in_(wanted))))
     used |= set(session.scalars(select(StagedBlob.sha256).where(StagedBlob.sha256.in_(wanted))))
     used |= set(session.scalars(select(Consumer.sha256).where(Consumer.sha256.in_(wanted))))
+    used |= set(
+        session.scalars(select(Consumer.pending_sha256).where(Consumer.pending_sha256.in_(wanted)))
+    )
     return used
 
 

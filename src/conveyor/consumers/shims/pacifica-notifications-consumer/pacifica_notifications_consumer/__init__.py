@@ -70,7 +70,8 @@ def _publish(folder: Path, attributes: dict[str, Any], key_values: dict[str, Any
     with tempfile.TemporaryFile() as bundle:
         with tarfile.open(fileobj=bundle, mode="w") as tar:
             for path in _files(folder):
-                subdir = path.parent.relative_to(folder).as_posix().strip(".")
+                subdir = path.parent.relative_to(folder).as_posix()
+                subdir = "" if subdir == "." else subdir
                 metadata.append(_describe(path, subdir))
                 tar.add(
                     path, arcname="/".join(part for part in ("data", subdir, path.name) if part)
