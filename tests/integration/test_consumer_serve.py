@@ -36,6 +36,7 @@ from conveyor.consumers.remote import RemoteConsumer, RemoteOptions
 from tests.support.consumers import make_zip
 from tests.support.server import CONVEYOR, conveyor_env, run_conveyor, running_server
 from tests.support.services import free_port
+from tests.support.waiting import eventually
 
 SEED = Path(__file__).parents[1] / "support" / "seed_consumer"
 SEED_FILES = ("__main__.py", "init.sh", "jsonpath2.txt", "requirements.txt")
@@ -96,18 +97,6 @@ def serving(package: Path, url: str, work: Path) -> Iterator[RemoteConsumer]:
         yield consumer
     finally:
         consumer.stop()
-
-
-def wait_until(check: Callable[[], Any], what: str) -> Any:
-    """Poll ``check`` until it gives something true; fail saying ``what`` did not happen."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {WAIT_SECONDS:g} s: {what}")
-        time.sleep(0.05)
 
 
 def upload(url: str, folder: Path, instrument: str = "i1") -> int:
@@ -181,7 +170,7 @@ def test_the_published_example_serves_remotely_once_per_event(
         assert subscription["filter"] == (SEED / "jsonpath2.txt").read_text().strip()
 
         original = upload(producer, notes(tmp_path / "input", "Hello, consumer!\n"))
-        wait_until(lambda: len(consumer.runs) >= 2, "the run and the skip of its output")
+        eventually(lambda: len(consumer.runs) >= 2, "the run and the skip of its output")
         ran, skipped = consumer.runs
         assert ran["state"] == "succeeded", ran
         derived = ran["transaction_id"]
@@ -228,7 +217,7 @@ def test_the_published_example_serves_remotely_once_per_event(
             done = delivery["state"] == "delivered" and len(delivery["history"]) == 2
             return delivery if done else None
 
-        delivery = wait_until(delivered_again, "the replayed delivery")
+        delivery = eventually(delivered_again, "the replayed delivery")
         assert delivery["subscription"] == consumer.subscription_id
         assert [attempt["status"] for attempt in delivery["history"]] == [204, 204]
         assert consumer.runs == [ran, skipped]
@@ -285,7 +274,7 @@ def test_an_event_spooled_before_a_stop_runs_after_the_restart(
 
     with serving(seed_zip, producer, work) as second:
         assert second.subscription_id != first.subscription_id
-        wait_until(lambda: len(second.runs) >= 2, "the spooled event's run and its output's skip")
+        eventually(lambda: len(second.runs) >= 2, "the spooled event's run and its output's skip")
         ran, skipped = second.runs
     assert ran["event"] == event["eventID"]
     assert ran["state"] == "succeeded", ran
@@ -400,7 +389,7 @@ def test_outputs_are_published_for_a_consumer_that_does_not_upload(
                 bad = BundleStream(collect([failing]), metadata_fields("p1", None, [], None))
                 bad_job = client.wait(int(client.upload(bad.chunks(), bad.length())["id"]))
             original, refused = job["transaction_id"], bad_job["transaction_id"]
-            wait_until(lambda: len(consumer.runs) >= 3, "two runs and the skip of one output")
+            eventually(lambda: len(consumer.runs) >= 3, "two runs and the skip of one output")
         finally:
             consumer.stop()
         by_input = {}
@@ -577,7 +566,7 @@ def test_an_event_recorded_done_is_not_run_again_when_its_spool_file_survived(
         path.write_text(json.dumps({"eventID": event_id, "data": [made_by_upper]}))
         os.utime(path, (number * 1000, number * 1000))  # the surviving one is older
     with serving(seed_zip, producer, work) as consumer:
-        wait_until(lambda: any(run["event"] == "fresh" for run in consumer.runs), "fresh's turn")
+        eventually(lambda: any(run["event"] == "fresh" for run in consumer.runs), "fresh's turn")
         assert [run["event"] for run in consumer.runs] == ["fresh"]
     assert json.loads((done / "already-done").read_text()) == record
     assert list(spool.iterdir()) == []

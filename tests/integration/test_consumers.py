@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ from conveyor.client.api import ConveyorClient
 from conveyor.client.bundler import BundleFile, BundleStream, metadata_fields
 from tests.support.consumers import make_zip
 from tests.support.server import running_server, wait_job
+from tests.support.waiting import eventually
 
 SEED = Path(__file__).parents[1] / "support" / "seed_consumer"
 SEED_FILES = ("__main__.py", "init.sh", "jsonpath2.txt", "requirements.txt")
@@ -31,7 +31,6 @@ SETUP_SECONDS = 240.0
 WAIT_SECONDS = 90.0
 ZIP = {"Content-Type": "application/zip"}
 
-T = TypeVar("T")
 
 # Copies every input file to the same place under DST/uploads (the runner publishes them).
 COPY = (
@@ -73,19 +72,6 @@ def script_zip(directory: Path, name: str, code: str, project: str) -> bytes:
         {"__main__.py": code.encode(), "jsonpath2.txt": project_filter(project).encode()},
     )
     return path.read_bytes()
-
-
-def eventually(probe: Callable[[], T | None], what: str, seconds: float = WAIT_SECONDS) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming what was last seen."""
-    deadline = time.monotonic() + seconds
-    seen: T | None = None
-    while True:
-        seen = probe()
-        if seen:
-            return seen
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not seen in {seconds:g} s (last: {seen!r})")
-        time.sleep(0.2)
 
 
 # -- fixtures ------------------------------------------------------------------------------

@@ -138,10 +138,10 @@ def _handler_for(receiver_box: list[Receiver]) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def running_receiver() -> Iterator[Receiver]:
-    """A receiver listening on a free loopback port, stopped afterwards."""
+def running_receiver(port: int = 0) -> Iterator[Receiver]:
+    """A receiver listening on loopback (``port``, or a free one), stopped afterwards."""
     box: list[Receiver] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(box))
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(box))
     server.daemon_threads = True
     receiver = Receiver(server)
     box.append(receiver)

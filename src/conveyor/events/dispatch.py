@@ -8,7 +8,8 @@ at-least-once; the event id travels with every attempt as the receiver's idempot
 A failed send is retried with exponential backoff and jitter until the attempts or the
 age run out, then the delivery is dead-lettered (and that is an event too). Failures in a
 row open a subscription's circuit breaker: no sends for a cool-down that grows with each
-trip, then a single probe; one success closes it. Nothing disables a subscription for good.
+trip, then a single probe; one success closes it and makes the subscription's waiting
+deliveries due. Nothing disables a subscription for good.
 """
 
 from __future__ import annotations
@@ -439,7 +440,7 @@ class Dispatcher:
                 for subscription_id, results in by_subscription.items()
                 if any(result.delivered for result in results)
             ]
-            _close_circuits(session, healthy)
+            _close_circuits(session, healthy, now)
             for subscription_id, results in by_subscription.items():
                 if subscription_id not in healthy:
                     self._count_failures(session, subscription_id, results, now)
@@ -505,16 +506,27 @@ class _EventRow(NamedTuple):
     extensions: dict[str, Any]
 
 
-def _close_circuits(session: Session, subscription_ids: list[str]) -> None:
-    """One success closes a circuit and forgets the failures (one statement for a batch)."""
+def _close_circuits(session: Session, subscription_ids: list[str], now: datetime) -> None:
+    """One success closes a circuit and forgets the failures.
+
+    A target that was failing is back: its waiting deliveries are made due now instead of
+    each sitting out its own backoff, so the backlog drains at once.
+    """
     if not subscription_ids:
+        return
+    recovering = list(
+        session.scalars(
+            select(Subscription.id).where(
+                Subscription.id.in_(subscription_ids),
+                or_(Subscription.failures != 0, Subscription.circuit_open_until.is_not(None)),
+            )
+        )
+    )
+    if not recovering:
         return
     session.execute(
         update(Subscription)
-        .where(
-            Subscription.id.in_(subscription_ids),
-            or_(Subscription.failures != 0, Subscription.circuit_open_until.is_not(None)),
-        )
+        .where(Subscription.id.in_(recovering))
         .values(
             failures=0,
             circuit_open_until=None,
@@ -523,6 +535,16 @@ def _close_circuits(session: Session, subscription_ids: list[str]) -> None:
             # Breaker state is not a change of the subscription: its version stays.
             updated_at=Subscription.updated_at,
         )
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.subscription_id.in_(recovering),
+            Delivery.state == PENDING,
+            Delivery.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
         .execution_options(synchronize_session=False)
     )
 
