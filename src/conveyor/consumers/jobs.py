@@ -182,7 +182,7 @@ def run_consumer(context: JobContext) -> None:
     token_id, secret = _run_token(runtime, settings, name, context.job_id)
     try:
         with context.step("download inputs"):
-            space = lay_out(root, doc, input_files(doc), _archive_fetcher(runtime))
+            space = lay_out(root, doc, input_files(doc), _archive_fetcher(runtime, input_id))
         with context.step("run consumer"):
             try:
                 run_entry_point(
@@ -222,12 +222,19 @@ class _RunSettings:
         return cls(row.owner, row.sha256, row.timeout_seconds, row.memory_bytes)
 
 
-def _archive_fetcher(runtime: Runtime) -> Callable[[InputFile, Path], None]:
+def _archive_fetcher(runtime: Runtime, input_id: int | None) -> Callable[[InputFile, Path], None]:
+    """Copies an input file from the archive; only files of the input transaction, if any."""
+
     def fetch(item: InputFile, target: Path) -> None:
         with runtime.db.session() as session:
             row = session.get(File, item.file_id)
             if row is None:
                 raise StepFailed("download inputs", f"file {item.file_id} no longer exists")
+            if input_id is not None and row.transaction_id != input_id:
+                raise StepFailed(
+                    "download inputs",
+                    f"file {item.file_id} is not in transaction {input_id}",
+                )
             sha256 = row.sha256
         # A copy, never a hard link: a consumer writing to its input would rewrite the
         # archived blob through a shared inode.
