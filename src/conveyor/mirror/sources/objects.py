@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import fsspec
@@ -41,11 +42,14 @@ class ObjectStoreSource(Source):
         return f"{self.spec.server.strip('/')}{self.remote_path(path)}".rstrip("/")
 
     def list(self, folder: str = "") -> Iterator[RemoteEntry]:
-        """One page at a time where the store's fsspec driver can (s3fs), else one call."""
+        """One page at a time where the store's fsspec driver can (s3fs, gcsfs), else one
+        call."""
         where = self.object_path(folder)
         items: Iterator[dict[str, Any]]
         if hasattr(self.fs, "_iterdir"):
             items = self._paged(where)
+        elif hasattr(self.fs, "_call_list_objects"):
+            items = self._gcs_pages(where)
         else:
             items = iter(self._guard(lambda: self.fs.ls(where, detail=True), where))
         seen = False
@@ -92,6 +96,35 @@ class ObjectStoreSource(Source):
 
         while found := self._guard(lambda: sync(self.fs.loop, batch), where):
             yield from found
+
+    def _gcs_pages(self, where: str) -> Iterator[dict[str, Any]]:
+        # gcsfs gathers every page of a listing before it answers; asking for the pages
+        # one by one through its own page call keeps memory to one page.
+        bucket, _, key = where.partition("/")
+        prefix = f"{key}/" if key else None
+        token: str | None = None
+        while True:
+            page = self._guard(
+                partial(
+                    sync,
+                    self.fs.loop,
+                    self.fs._call_list_objects,
+                    bucket,
+                    delimiter="/",
+                    prefix=prefix,
+                    maxResults=LIST_BATCH,
+                    pageToken=token,
+                ),
+                where,
+            )
+            for folder in page.get("prefixes", []):
+                yield {"name": f"{bucket}/{folder}", "type": "directory", "size": 0}
+            for item in page.get("items", []):
+                if item.get("name") != prefix:  # the folder's own placeholder object
+                    yield self.fs._process_object(bucket, item)
+            token = page.get("nextPageToken")
+            if not token:
+                return
 
     def _guard(self, operation: Any, where: str) -> Any:
         try:
