@@ -275,6 +275,25 @@ def test_reads_from_an_offset(source: Source, offset: int) -> None:
     assert b"".join(source.read("sub/gamma.bin", offset)) == BIG[offset:]
 
 
+@pytest.mark.parametrize("offset", [0, 262_144, 600_000])
+def test_reads_into_a_part_file_resuming_it(source: Source, tmp_path: Path, offset: int) -> None:
+    part = tmp_path / "gamma.bin.part"
+    part.write_bytes(BIG[:offset])
+    assert b"".join(source.read_into("sub/gamma.bin", part, offset)) == BIG[offset:]
+    assert part.read_bytes() == BIG
+
+
+def test_reading_a_missing_file_into_a_part_is_a_permanent_error(
+    source: Source, tmp_path: Path
+) -> None:
+    part = tmp_path / "missing.part"
+    part.touch()
+    with pytest.raises(SourceError) as raised:
+        b"".join(source.read_into("no-such-file.txt", part, 0))
+    assert raised.value.permanent
+    assert part.read_bytes() == b""
+
+
 def test_reading_a_missing_file_is_a_permanent_error(source: Source) -> None:
     with pytest.raises(SourceError) as raised:
         b"".join(source.read("no-such-file.txt"))

@@ -230,15 +230,13 @@ def _attempt(
     deadline = time.monotonic() + attempt_seconds
     expected = wanted.size
     if expected is None or digests.size < expected:
-        with part.open("ab") as out:
-            for chunk in source.read(wanted.path, digests.size):
-                out.write(chunk)
-                digests.update(chunk)
-                on_bytes(len(chunk))
-                if time.monotonic() > deadline:
-                    raise SourceError(
-                        f"{wanted.name}: not done after {attempt_seconds:g} s (timeout.download)"
-                    )
+        for chunk in source.read_into(wanted.path, part, digests.size):
+            digests.update(chunk)
+            on_bytes(len(chunk))
+            if time.monotonic() > deadline:
+                raise SourceError(
+                    f"{wanted.name}: not done after {attempt_seconds:g} s (timeout.download)"
+                )
     if expected is not None and digests.size < expected:
         raise SourceError(f"{wanted.name}: connection cut at {digests.size} of {expected} bytes")
     if expected is not None and digests.size > expected:

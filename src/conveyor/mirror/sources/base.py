@@ -10,6 +10,7 @@ from __future__ import annotations
 import posixpath
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -43,6 +44,17 @@ class Source(ABC):
         got with the expected size and resumes from there. A transfer that moves no byte
         for ``spec.stall_timeout`` seconds raises a transient :class:`SourceError`.
         """
+
+    def read_into(self, path: str, part: Path, offset: int) -> Iterator[bytes]:
+        """Append the bytes of ``path`` from ``offset`` to ``part``, yielding each piece.
+
+        Sources whose tools write files themselves (rsync) write into ``part`` directly and
+        yield what landed, so a transfer is never copied twice.
+        """
+        with part.open("ab") as out:
+            for chunk in self.read(path, offset):
+                out.write(chunk)
+                yield chunk
 
     @abstractmethod
     def stat(self, path: str) -> RemoteEntry:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,8 @@ LIST_LINE = re.compile(
     r"(?P<date>\d{4}/\d{2}/\d{2})\s+(?P<time>\d{2}:\d{2}:\d{2})\s+(?P<name>.+)$"
 )
 MISSING_MARKERS = ("No such file or directory", "change_dir", "failed: Not a directory")
+# How often a transfer in progress looks for the bytes rsync wrote since.
+FOLLOW_SECONDS = 0.01
 
 
 @register
@@ -80,6 +83,62 @@ class RsyncSource(Source):
                     yield chunk
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def read_into(self, path: str, part: Path, offset: int) -> Iterator[bytes]:
+        """rsync appends the file to ``part`` itself (``--inplace --append``: a partial
+        file is resumed, never copied through a scratch folder); the bytes it writes are
+        read back as they land, for the caller's hashes and progress."""
+        source = self.location(path)
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(
+                [
+                    "rsync",
+                    "--no-motd",
+                    "--inplace",
+                    "--append",
+                    # Local copies imply --whole-file, which --append refuses.
+                    "--no-whole-file",
+                    "--",
+                    source,
+                    str(part),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
+            try:
+                yield from self._follow(part, offset, process, source)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+            if process.returncode != 0:
+                errors.seek(0)
+                text = errors.read().decode("utf-8", "replace")
+                raise _failure(source, process.returncode, text)
+
+    def _follow(
+        self, part: Path, offset: int, process: subprocess.Popen[bytes], where: str
+    ) -> Iterator[bytes]:
+        """What rsync appends to ``part`` after ``offset``, until it exits."""
+        with part.open("rb") as landed:
+            landed.seek(offset)
+            quiet_since = time.monotonic()
+            while True:
+                chunk = landed.read(READ_CHUNK)
+                if chunk:
+                    quiet_since = time.monotonic()
+                    yield chunk
+                    continue
+                if process.poll() is not None:
+                    while rest := landed.read(READ_CHUNK):  # written just before it exited
+                        yield rest
+                    return
+                if time.monotonic() - quiet_since > self.spec.stall_timeout:
+                    raise SourceError(
+                        f"rsync {where}: stalled, no data for {self.spec.stall_timeout:g} s"
+                    )
+                time.sleep(FOLLOW_SECONDS)
 
     def stat(self, path: str) -> RemoteEntry:
         """``rsync --list-only`` of the one file."""
