@@ -17,13 +17,20 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text, update
 
+from conveyor.auth.principal import Principal
+from conveyor.config import Settings
+from conveyor.db.models import Mirror, MirrorRun
+from conveyor.mirror.definition import parse_definition
+from conveyor.mirror.service import save_mirror
+from conveyor.runtime import Runtime
 from tests.support.bundles import GOOD_MEMBERS, good_tar, move_metadata
 from tests.support.databases import scratch_database
 from tests.support.server import running_server, running_worker, wait_job
@@ -393,3 +400,70 @@ def test_killed_worker_mid_build_resumes(amqp_url: str, tmp_path: Path) -> None:
     finally:
         shutil.rmtree(tmp_path / "archive", ignore_errors=True)
         shutil.rmtree(tmp_path / "bundles", ignore_errors=True)
+
+
+def _worker_log(directory: Path) -> str:
+    return "\n".join(path.read_text(errors="replace") for path in directory.glob("*.log"))
+
+
+def _mirror_runs(runtime: Runtime) -> list[str]:
+    with runtime.db.session() as session:
+        return list(session.scalars(select(MirrorRun.state)))
+
+
+def test_celery_beat_in_a_worker_starts_a_due_mirror_run_once(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    """A running beat (``conveyor worker --beat``) sends the schedule tick through the broker.
+
+    The worker's own sweeper ticks when it starts (its interval is an hour here), before
+    the mirror is due, so the run that starts can only come from beat's tick.
+    """
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    (bank / "a.txt").write_text("a\n")
+    worker_dir = tmp_path / "worker"
+    with scratch_database("postgresql") as database_url:
+        settings = _settings(tmp_path, database_url, amqp_url, tmp_path, sweep_seconds="3600")
+        runtime = Runtime.open(
+            Settings(data_dir=tmp_path / "test-side", **_typed(settings)), inline=True
+        )
+        try:
+            definition = parse_definition(
+                {
+                    "name": "beaten",
+                    "source": {"protocol": "local", "remote_dir": str(bank)},
+                    "schedule": "0 3 * * *",
+                }
+            )
+            owner = Principal("conveyor", admin=True, authenticated=True)
+            save_mirror(runtime, owner, definition, "native")
+            with running_worker(worker_dir, worker_args=("--beat",), **settings):
+                _poll(
+                    lambda: {"ready": True} if " ready." in _worker_log(worker_dir) else None,
+                    60,
+                    "the worker and its beat up",
+                )
+                time.sleep(3)  # the worker's first sweep has ticked: nothing was due then
+                assert _mirror_runs(runtime) == []
+                with runtime.db.session() as session:
+                    session.execute(
+                        update(Mirror).values(next_run_at=datetime.now(UTC) - timedelta(seconds=1))
+                    )
+                _poll(
+                    lambda: {"done": True} if _mirror_runs(runtime) == ["published"] else None,
+                    90,
+                    f"a published run ({_mirror_runs(runtime)})",
+                )
+                time.sleep(2)  # a second tick would have started a second run by now
+                log = _worker_log(worker_dir)
+            assert _mirror_runs(runtime) == ["published"]
+            assert "Task conveyor.mirror_schedules[" in log, log[-3000:]
+        finally:
+            runtime.close()
+
+
+def _typed(settings: dict[str, str]) -> dict[str, Any]:
+    """The settings a test-side runtime needs (the worker reads the rest from its env)."""
+    keep = ("database_url", "archive_url", "cart_store_url", "broker_url")
+    return {key: settings[key] for key in keep}

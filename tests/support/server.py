@@ -67,13 +67,15 @@ def running_server(
 
 
 @contextmanager
-def running_worker(data_dir: Path, **settings: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``conveyor worker``; yields the process (tests may kill it)."""
+def running_worker(
+    data_dir: Path, *, worker_args: tuple[str, ...] = (), **settings: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``conveyor worker [worker_args]``; yields the process (tests may kill it)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"worker-{time.monotonic_ns()}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*CONVEYOR, "worker"],
+            [*CONVEYOR, "worker", *worker_args],
             env=conveyor_env(data_dir, **settings),
             stdout=log,
             stderr=subprocess.STDOUT,
