@@ -57,7 +57,7 @@ def test_two_processes_serve_uploads_jobs_and_carts(tmp_path: Path) -> None:
             for _ in range(4)
         ]
         jobs = [wait_job(url, answer["id"]) for answer in answers]
-        assert {job["state"] for job in jobs} == {"succeeded"}
+        assert {job["state"] for job in jobs} == {"succeeded"}, jobs
         assert len({job["transaction_id"] for job in jobs}) == 4
         cart = httpx.post(
             f"{url}/api/v1/carts",

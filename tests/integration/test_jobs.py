@@ -5,17 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from conveyor.auth.principal import Principal
-from conveyor.db.models import Job
+from conveyor.db.models import Job, OutboxEvent
 from conveyor.db.types import utcnow
 from conveyor.ingest import policy
 from conveyor.ingest.bundle import StagedMember
 from conveyor.ingest.service import start_upload
 from conveyor.ingest.staging import StagingBuffer
+from conveyor.jobs import service, states
+from conveyor.jobs.context import JobContext
 from conveyor.jobs.executors import Sweeper
+from conveyor.jobs.registry import HANDLERS
+from conveyor.jobs.runner import run_job
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
 from tests.support.bundles import good_tar
@@ -141,3 +146,27 @@ def test_archive_gc_deletes_only_old_unreferenced_blobs(
     report = collect_garbage(runtime.db, runtime.archive, 3600)
     assert report.removed == 1
     assert set(runtime.archive.blobs()) == kept | {orphan_new}
+
+
+def test_a_failure_after_a_job_ended_does_not_turn_it_into_a_failed_one(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cleanup after publishing (dropping a spent blob) may fail; the job stays succeeded."""
+
+    def publish_then_break(context: JobContext) -> None:
+        with runtime.db.session() as session:
+            service.finish(session, context.job_id, states.SUCCEEDED, task="done", percent=100)
+        raise OSError("the cleanup after publishing broke")
+
+    monkeypatch.setitem(HANDLERS, "test.ends-then-breaks", publish_then_break)
+    with runtime.db.session() as session:
+        job_id = service.create_job(session, "test.ends-then-breaks", "someone", {}).id
+    run_job(runtime, job_id)
+    with runtime.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert (job.state, job.task, job.error) == ("succeeded", "done", "")
+        ended = session.scalars(
+            select(OutboxEvent.type).where(OutboxEvent.subject == f"jobs/{job_id}")
+        ).all()
+    assert ended == ["org.conveyor.job.succeeded"]

@@ -268,7 +268,11 @@ def publish(
         )
         transaction_id = transaction.id
     # The metadata document lives on in the transaction's rows and event; its blob is spent.
-    delete_unreferenced(runtime.db, runtime.archive, spent)
+    # The job has ended: a failure here leaves an orphan for `archive gc`, not a failed job.
+    try:
+        delete_unreferenced(runtime.db, runtime.archive, spent)
+    except Exception:
+        log.warning("job %s: could not drop its spent metadata blob", context.job_id, exc_info=True)
     metrics.TRANSACTIONS.labels(origin=context.kind).inc()
     log.info(
         "job %s published transaction %s (%d files)",

@@ -65,10 +65,20 @@ def _fail(
     runtime: Runtime, job_id: int, task: str, message: str, items: list[dict[str, str]]
 ) -> None:
     with runtime.db.session() as session:
-        service.finish(
-            session, job_id, states.FAILED, task=task, percent=0.0, error=message, items=items
+        ended = service.finish(
+            session,
+            job_id,
+            states.FAILED,
+            task=task,
+            percent=0.0,
+            error=message,
+            items=items,
+            only_if_active=True,
         )
-    log.info("job %s failed at %r: %s", job_id, task, message)
+    if ended:
+        log.info("job %s failed at %r: %s", job_id, task, message)
+    else:
+        log.warning("job %s had already ended when it failed at %r: %s", job_id, task, message)
 
 
 def _retry_or_fail(

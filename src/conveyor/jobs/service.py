@@ -133,8 +133,13 @@ def finish(
     error: str = "",
     items: list[dict[str, Any]] | None = None,
     transaction_id: int | None = None,
-) -> None:
-    """End a job in ``state``, releasing its lease."""
+    only_if_active: bool = False,
+) -> bool:
+    """End a job in ``state``, releasing its lease; whether it was ended by this call.
+
+    With ``only_if_active``, a job that has already ended is left as it is (a failure
+    noticed after a job published must not turn it into a failed one).
+    """
     values: dict[str, Any] = {
         "state": state,
         "error": error,
@@ -151,13 +156,16 @@ def finish(
         values["item_errors"] = items
     if transaction_id is not None:
         values["transaction_id"] = transaction_id
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    statement = update(Job).where(Job.id == job_id)
+    if only_if_active:
+        statement = statement.where(Job.state.in_(states.ACTIVE))
+    result = session.execute(
+        statement.values(**values).execution_options(synchronize_session=False)
     )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
     _record_finished(session, job_id)
+    return True
 
 
 def _record_finished(session: Session, job_id: int) -> None:
