@@ -38,6 +38,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "sweep_seconds": 0.5,
             "db_connect_attempts": 2,
             "db_connect_wait": 0.1,
+            # Spent blobs go at once: tests see the archive settle without a sweep.
+            "spent_blob_grace_seconds": 0.0,
         }
         values.update(overrides)
         return load_settings(**values)

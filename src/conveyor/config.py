@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, ge=1)
     upload_stall_seconds: float = Field(600.0, gt=0)
     temp_max_age_seconds: float = Field(86400.0, gt=0)
+    # Blobs a failed or finished job made and no longer needs wait this long before they
+    # are deleted (if nothing refers to them by then); 0 deletes them at once.
+    spent_blob_grace_seconds: float = Field(900.0, ge=0)
 
     max_members: int = Field(1_000_000, ge=1)
     max_metadata_bytes: int = Field(256 * 1024 * 1024, ge=1024)

@@ -10,12 +10,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from conveyor.auth.principal import Principal
-from conveyor.db.models import Job, OutboxEvent
+from conveyor.db.models import Job, OutboxEvent, SpentBlob
 from conveyor.db.types import utcnow
 from conveyor.ingest import policy
 from conveyor.ingest.bundle import StagedMember
 from conveyor.ingest.service import start_upload
-from conveyor.ingest.staging import StagingBuffer
+from conveyor.ingest.staging import StagingBuffer, discard
 from conveyor.jobs import service, states
 from conveyor.jobs.context import JobContext
 from conveyor.jobs.executors import Sweeper
@@ -170,3 +170,36 @@ def test_a_failure_after_a_job_ended_does_not_turn_it_into_a_failed_one(
             select(OutboxEvent.type).where(OutboxEvent.subject == f"jobs/{job_id}")
         ).all()
     assert ended == ["org.conveyor.job.succeeded"]
+
+
+def test_blobs_a_failed_job_made_wait_out_a_grace_period_before_they_go(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    """Another upload may have found the same content stored and not yet written its
+    reference: the blob a failed job made is deleted only after the grace period, and
+    only if nothing refers to it by then."""
+    runtime = make_runtime(spent_blob_grace_seconds=900.0)
+    shared = runtime.archive.put_bytes(b"content two uploads carry")
+    alone = runtime.archive.put_bytes(b"content only the failed upload carried")
+    # Both are uploads still arriving, as when their bundles stream in side by side.
+    failed_id = start_upload(runtime, Principal("u", admin=False, authenticated=True))
+    other_id = start_upload(runtime, Principal("u", admin=False, authenticated=True))
+    staging = StagingBuffer(runtime.db, failed_id)
+    for blob in (shared, alone):
+        staging.add(StagedMember(blob.sha256, blob.sha256, blob.size, blob.hashes, 0.0))
+    staging.flush()
+    discard(runtime.db, runtime.archive, failed_id, runtime.settings.spent_blob_grace_seconds)
+    assert runtime.archive.exists(shared.sha256) and runtime.archive.exists(alone.sha256)
+    # The other upload found the shared blob present and records its reference late.
+    late = StagingBuffer(runtime.db, other_id)
+    late.add(StagedMember("x", shared.sha256, shared.size, shared.hashes, 0.0), created=False)
+    late.flush()
+    Sweeper(runtime, runtime.executor).sweep()
+    assert runtime.archive.exists(alone.sha256), "still within its grace period"
+    with runtime.db.session() as session:
+        session.execute(update(SpentBlob).values(spent_at=utcnow() - timedelta(seconds=901)))
+    Sweeper(runtime, runtime.executor).sweep()
+    assert runtime.archive.exists(shared.sha256), "referenced by the other upload"
+    assert not runtime.archive.exists(alone.sha256)
+    with runtime.db.session() as session:
+        assert session.scalars(select(SpentBlob)).all() == []

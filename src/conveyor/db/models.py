@@ -83,6 +83,19 @@ class StagedBlob(Base):
     created: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
+class SpentBlob(Base):
+    """A blob a job made and no longer needs: deleted after a grace period if unreferenced.
+
+    Not at once: another job may have found the same content already stored and be about
+    to record its own reference to it.
+    """
+
+    __tablename__ = "spent_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    spent_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
 class Transaction(Base):
     """An immutable set of files with key-values, created whole or not at all."""
 

@@ -15,7 +15,13 @@ from conveyor.ingest.service import (
     publish,
     submitter_of,
 )
-from conveyor.ingest.staging import StagedFile, StagingBuffer, discard, staged_members
+from conveyor.ingest.staging import (
+    StagedFile,
+    StagingBuffer,
+    discard,
+    drop_spent,
+    staged_members,
+)
 from conveyor.ingest.verify import summarise, verify_staged
 from conveyor.jobs.context import JobContext
 from conveyor.jobs.errors import StepFailed
@@ -28,17 +34,28 @@ POLICY_TASK = "Policy Validation"
 
 
 TEMP_PURGE_INTERVAL = 600.0
+SPENT_SWEEP_SECONDS = 60.0
 
 
 def _sweep_uploads(runtime: Runtime) -> int:
     return fail_abandoned_uploads(runtime, runtime.settings.upload_stall_seconds)
 
 
+def _drop_spent(runtime: Runtime) -> int:
+    return drop_spent(runtime.db, runtime.archive, runtime.settings.spent_blob_grace_seconds)
+
+
 def _sweep_temp(runtime: Runtime) -> int:
     return runtime.archive.purge_temp(runtime.settings.temp_max_age_seconds)
 
 
-SWEEP_HOOKS.extend([SweepHook(_sweep_uploads), SweepHook(_sweep_temp, TEMP_PURGE_INTERVAL)])
+SWEEP_HOOKS.extend(
+    [
+        SweepHook(_sweep_uploads),
+        SweepHook(_sweep_temp, TEMP_PURGE_INTERVAL),
+        SweepHook(_drop_spent, SPENT_SWEEP_SECONDS),
+    ]
+)
 
 
 @job_handler(KIND_INGEST)
@@ -78,7 +95,10 @@ def _discard_unless_retryable(context: JobContext, failure: StepFailed) -> None:
     # A policy refusal is fixed by an admin, not by the submitter: keep the staged files so
     # `conveyor job retry` can publish them without a new upload.
     if failure.task != POLICY_TASK:
-        discard(context.runtime.db, context.runtime.archive, context.job_id)
+        runtime = context.runtime
+        discard(
+            runtime.db, runtime.archive, context.job_id, runtime.settings.spent_blob_grace_seconds
+        )
 
 
 def _load(context: JobContext) -> BundleMetadata:

@@ -28,8 +28,8 @@ from conveyor.ingest.staging import (
     METADATA_KEY,
     StagedFile,
     StagingBuffer,
-    delete_unreferenced,
     discard,
+    release_blobs,
     stage_metadata,
 )
 from conveyor.jobs import service as jobs
@@ -149,7 +149,7 @@ def fail_received(runtime: Runtime, job_id: int, task: str, message: str) -> Non
     """End a job that failed while its bundle was arriving, and drop what it staged."""
     with runtime.db.session() as session:
         jobs.finish(session, job_id, states.FAILED, task=task, percent=0.0, error=message)
-    discard(runtime.db, runtime.archive, job_id)
+    discard(runtime.db, runtime.archive, job_id, runtime.settings.spent_blob_grace_seconds)
     log.info("ingest job %s failed at %r: %s", job_id, task, message)
 
 
@@ -270,9 +270,9 @@ def publish(
     # The metadata document lives on in the transaction's rows and event; its blob is spent.
     # The job has ended: a failure here leaves an orphan for `archive gc`, not a failed job.
     try:
-        delete_unreferenced(runtime.db, runtime.archive, spent)
+        release_blobs(runtime.db, runtime.archive, spent, runtime.settings.spent_blob_grace_seconds)
     except Exception:
-        log.warning("job %s: could not drop its spent metadata blob", context.job_id, exc_info=True)
+        log.warning("job %s: could not release its metadata blob", context.job_id, exc_info=True)
     metrics.TRANSACTIONS.labels(origin=context.kind).inc()
     log.info(
         "job %s published transaction %s (%d files)",

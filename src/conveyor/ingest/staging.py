@@ -6,13 +6,16 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import NamedTuple
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from conveyor.db.engine import Database
-from conveyor.db.models import Consumer, File, StagedBlob
+from conveyor.db.models import Consumer, File, SpentBlob, StagedBlob
+from conveyor.db.types import utcnow
+from conveyor.db.upsert import insert_many_missing
 from conveyor.ingest.bundle import StagedMember
 from conveyor.storage.archive import Archive, blob_key
 from conveyor.storage.errors import ArchiveError
@@ -91,8 +94,8 @@ def staged_members(db: Database, job_id: int) -> dict[str, StagedFile]:
         }
 
 
-def discard(db: Database, archive: Archive, job_id: int) -> int:
-    """Forget a failed job's staged blobs and delete those nothing else refers to."""
+def discard(db: Database, archive: Archive, job_id: int, grace_seconds: float) -> int:
+    """Forget a failed job's staged blobs; release those it created (see release_blobs)."""
     with db.session() as session:
         created = set(
             session.scalars(
@@ -102,7 +105,43 @@ def discard(db: Database, archive: Archive, job_id: int) -> int:
             )
         )
         session.execute(delete(StagedBlob).where(StagedBlob.job_id == job_id))
-    return delete_unreferenced(db, archive, created)
+    return release_blobs(db, archive, created, grace_seconds)
+
+
+def release_blobs(db: Database, archive: Archive, shas: set[str], grace_seconds: float) -> int:
+    """Blobs a job created and no longer needs: deleted when nothing refers to them.
+
+    Not at once (unless the grace is 0): another job that found the same content already
+    stored reuses the blob, and its reference is written a moment later (staging rows go
+    in batches). They are queued as spent and deleted by :func:`drop_spent` after the
+    grace period, if still unreferenced then. The number deleted now.
+    """
+    if not shas:
+        return 0
+    if grace_seconds <= 0:
+        return delete_unreferenced(db, archive, shas)
+    with db.session() as session:
+        insert_many_missing(
+            session, SpentBlob, [{"sha256": sha256, "spent_at": utcnow()} for sha256 in shas]
+        )
+    return 0
+
+
+def drop_spent(db: Database, archive: Archive, grace_seconds: float, limit: int = 500) -> int:
+    """Delete spent blobs older than the grace period that nothing refers to; how many."""
+    cutoff = utcnow() - timedelta(seconds=grace_seconds)
+    with db.session() as session:
+        due = set(
+            session.scalars(
+                select(SpentBlob.sha256).where(SpentBlob.spent_at <= cutoff).limit(limit)
+            )
+        )
+    if not due:
+        return 0
+    removed = delete_unreferenced(db, archive, due)
+    with db.session() as session:
+        session.execute(delete(SpentBlob).where(SpentBlob.sha256.in_(due)))
+    return removed
 
 
 def referenced(session: Session, candidates: Iterable[str]) -> set[str]:

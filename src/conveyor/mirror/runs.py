@@ -381,7 +381,8 @@ class MirrorRunner:
             )
             transaction_id = transaction.id
         for job_id in earlier_jobs:
-            discard(self.runtime.db, self.runtime.archive, job_id)
+            runtime = self.runtime
+            discard(runtime.db, runtime.archive, job_id, runtime.settings.spent_blob_grace_seconds)
         log.info(
             "mirror %s published release %s as transaction %s", self.name, release, transaction_id
         )

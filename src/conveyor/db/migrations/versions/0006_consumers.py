@@ -1,4 +1,4 @@
-"""consumers, their runs, and scoped tokens
+"""consumers, their runs, scoped tokens, and spent blobs
 
 Revision ID: 0006
 Revises: 0005
@@ -60,9 +60,20 @@ def upgrade() -> None:
     with op.batch_alter_table("api_tokens", schema=None) as batch_op:
         batch_op.add_column(sa.Column("scope", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("expires_at", TIMESTAMP, nullable=True))
+    op.create_table(
+        "spent_blobs",
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("spent_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("sha256", name=op.f("pk_spent_blobs")),
+    )
+    with op.batch_alter_table("spent_blobs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_spent_blobs_spent_at"), ["spent_at"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("spent_blobs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_spent_blobs_spent_at"))
+    op.drop_table("spent_blobs")
     with op.batch_alter_table("api_tokens", schema=None) as batch_op:
         batch_op.drop_column("expires_at")
         batch_op.drop_column("scope")
