@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import TransactionKeyValue
+from conveyor.ingest.events import metadata_entries
 
 CONSUMER = "conveyor.consumer"
 VERSION = "conveyor.consumer.version"
@@ -64,12 +65,9 @@ class Lineage:
     @classmethod
     def of_document(cls, document: dict[str, Any]) -> Lineage:
         """The lineage carried by a Pacifica-shaped event (its TransactionKeyValue entries)."""
-        data = document.get("data")
-        entries = data if isinstance(data, list) else []
         return cls.from_key_values(
             (entry.get("key"), entry.get("value"))
-            for entry in entries
-            if isinstance(entry, dict) and entry.get("destinationTable") == "TransactionKeyValue"
+            for entry in metadata_entries(document.get("data"), "TransactionKeyValue")
         )
 
     def refusal(self, consumer: str, allow_self: bool, max_depth: int) -> str | None:

@@ -40,6 +40,7 @@ from conveyor.consumers.workspace import (
     outputs,
     run_entry_point,
 )
+from conveyor.ingest.events import metadata_value
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class RemoteConsumer:
         if refusal is not None:
             return {"event": event_id, "state": "skipped", "error": refusal}
         assert self._ready is not None
-        input_id = _attribute(event, "Transactions._id")
+        input_id = metadata_value(event.get("data"), "Transactions._id")
         root = self.options.work_dir / "runs" / event_id
         shutil.rmtree(root, ignore_errors=True)
         values = lineage.provenance(self.name, self.package.version, f"remote:{event_id}", input_id)
@@ -261,8 +262,8 @@ class RemoteConsumer:
         ]
         if not files:
             return None
-        project = _attribute(event, "Transactions.project") or ""
-        instrument = _attribute(event, "Transactions.instrument")
+        project = metadata_value(event.get("data"), "Transactions.project") or ""
+        instrument = metadata_value(event.get("data"), "Transactions.instrument")
         stream = BundleStream(
             files,
             metadata_fields(
@@ -283,14 +284,6 @@ class RemoteConsumer:
 
 def _copy(source: Path, target: Path) -> None:
     shutil.copyfile(source, target)
-
-
-def _attribute(event: dict[str, Any], table: str) -> Any:
-    data = event.get("data")
-    for entry in data if isinstance(data, list) else []:
-        if isinstance(entry, dict) and entry.get("destinationTable") == table:
-            return entry.get("value")
-    return None
 
 
 def _handler_for(consumer: RemoteConsumer) -> Callable[..., BaseHTTPRequestHandler]:

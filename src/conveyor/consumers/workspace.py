@@ -22,6 +22,7 @@ from typing import Any
 
 from conveyor.consumers.environments import Environment, venv_variables
 from conveyor.consumers.package import ENTRY_POINT
+from conveyor.ingest.events import metadata_entries
 from conveyor.ingest.paths import UnsafePath, relative_parts
 
 STDERR_TAIL = 4000
@@ -83,7 +84,6 @@ class Workspace:
 
 def input_files(document: Mapping[str, Any]) -> list[InputFile]:
     """The ``Files`` entries of a Pacifica-shaped event."""
-    data = document.get("data")
     return [
         InputFile(
             int(entry["_id"]),
@@ -91,8 +91,8 @@ def input_files(document: Mapping[str, Any]) -> list[InputFile]:
             str(entry["name"]),
             int(entry.get("size") or 0),
         )
-        for entry in (data if isinstance(data, list) else [])
-        if isinstance(entry, dict) and entry.get("destinationTable") == "Files" and "_id" in entry
+        for entry in metadata_entries(document.get("data"), "Files")
+        if "_id" in entry
     ]
 
 

@@ -6,7 +6,7 @@ published consumers filter on, so each new transaction can trigger them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import select
@@ -18,6 +18,21 @@ from conveyor.ingest.metadata import BundleMetadata
 
 INGEST_EVENT_TYPE = "org.pacifica.metadata.ingest"
 INGEST_EVENT_SOURCE = "/pacifica/metadata/ingest"
+
+
+def metadata_entries(data: Any, table: str) -> Iterator[dict[str, Any]]:
+    """The entries of a Pacifica metadata list (an event's ``data``) for ``table``.
+
+    Tolerant of any shape: events from other producers arrive through ``/receive``.
+    """
+    for entry in data if isinstance(data, list) else []:
+        if isinstance(entry, dict) and entry.get("destinationTable") == table:
+            yield entry
+
+
+def metadata_value(data: Any, table: str) -> Any:
+    """The ``value`` of the first ``table`` entry (``Transactions.project``, say), or None."""
+    return next((entry.get("value") for entry in metadata_entries(data, table)), None)
 
 
 def _time(value: Any) -> str | None:

@@ -28,6 +28,7 @@ from conveyor.db.types import iso_z
 from conveyor.errors import BadRequest, Forbidden, NotFound
 from conveyor.events import subscriptions as subs
 from conveyor.events.outbox import Event, record_event
+from conveyor.ingest.events import metadata_value
 from conveyor.runtime import Runtime
 from conveyor.web.deps import RuntimeDep, get_principal
 
@@ -200,12 +201,8 @@ def _time_of(value: Any) -> datetime | None:
 
 def _project_of(data: Any) -> str | None:
     """The project an ingest event's metadata names, so its members may read the event."""
-    if not isinstance(data, list):
-        return None
-    for entry in data:
-        if isinstance(entry, dict) and entry.get("destinationTable") == "Transactions.project":
-            return str(entry.get("value"))
-    return None
+    project = metadata_value(data, "Transactions.project")
+    return str(project) if project is not None else None
 
 
 @router.post("/eventmatch", summary="Subscribe (published form)")
