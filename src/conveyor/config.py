@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     delivery_concurrency: int = Field(16, ge=1, le=512)
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_seconds: float = Field(30.0, gt=0)
+    breaker_max_cooldown_seconds: float = Field(3600.0, gt=0)
 
     # Consumers: where their code and venvs are kept (per machine), how many run at once in
     # this process, and the defaults of their limits. ``public_url`` is the address a

@@ -57,7 +57,6 @@ FAN_OUT_BATCH = 200
 SEND_BATCH = 200
 INSERT_CHUNK = 1000
 HISTORY_KEPT = 10
-BREAKER_MAX_COOLDOWN = 3600.0
 # How long a target host's policy check is trusted before it is checked (and resolved) again.
 POLICY_CHECK_SECONDS = 30.0
 # Idle dispatchers look for work this often; commits in this process wake them at once.
@@ -469,8 +468,11 @@ class Dispatcher:
         half_open = open_until is not None and open_until <= now
         if half_open or failures >= settings.breaker_failures:
             trips += 1
-            cooldown = settings.breaker_cooldown_seconds * 2 ** (trips - 1)
-            open_until = now + timedelta(seconds=min(cooldown, BREAKER_MAX_COOLDOWN))
+            cooldown = min(
+                settings.breaker_cooldown_seconds * 2 ** (trips - 1),
+                settings.breaker_max_cooldown_seconds,
+            )
+            open_until = now + timedelta(seconds=cooldown)
             log.warning(
                 "subscription %s: circuit open until %s after %d failures: %s",
                 subscription_id,
