@@ -15,11 +15,11 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, insert, or_, select, tuple_, update
 
@@ -51,6 +51,21 @@ class RunCancelled(StepFailed):
 
     def __init__(self, message: str) -> None:
         super().__init__(DOWNLOAD_STEP, message)
+
+
+class PendingFile(NamedTuple):
+    """A file row still to be fetched: what the download step reads of it."""
+
+    id: int
+    path: str
+    save_as: str
+    size: int | None
+    mtime: datetime | None
+    fingerprint: str | None
+    source_index: int
+
+
+PENDING_COLUMNS = tuple(getattr(MirrorRunFile, name) for name in PendingFile._fields)
 
 
 @dataclass(frozen=True)
@@ -131,20 +146,30 @@ class Downloader:
     def _pass(self, sidecars: bool) -> list[dict[str, str]]:
         errors: list[dict[str, str]] = []
         self._sidecars = {} if sidecars else self._fetched_sidecars()
+        running: list[tuple[PendingFile, Future[Outcome]]] = []
         with ThreadPoolExecutor(self.definition.threads, "mirror-download") as pool:
             for batch in self._pending(sidecars):
                 if self.stopping.is_set():
                     break
+                # The next batch is queued before the last one is recorded, so the
+                # transfer threads never wait for the database between batches.
                 priors = self._priors([row.save_as for row in batch])
-                outcomes = list(pool.map(functools.partial(self._one, priors=priors), batch))
-                self._record(outcomes)
-                names = {row.id: row.save_as for row in batch}
-                errors += [
-                    {"item": names[outcome.row_id], "error": outcome.error}
-                    for outcome in outcomes
-                    if outcome.state == states.FILE_FAILED
-                ]
+                one = functools.partial(self._one, priors=priors)
+                queued = [(row, pool.submit(one, row)) for row in batch]
+                errors += self._settle(running)
+                running = queued
+            errors += self._settle(running)
         return errors
+
+    def _settle(self, running: list[tuple[PendingFile, Future[Outcome]]]) -> list[dict[str, str]]:
+        """Wait for a batch, record its outcomes; the errors of its failed files."""
+        outcomes = [future.result() for _, future in running]
+        self._record(outcomes)
+        return [
+            {"item": row.save_as, "error": outcome.error}
+            for (row, _), outcome in zip(running, outcomes, strict=True)
+            if outcome.state == states.FILE_FAILED
+        ]
 
     def _fetched_sidecars(self) -> dict[str, str]:
         """The blobs of the sidecars this run has, by the path of the file each describes."""
@@ -158,13 +183,14 @@ class Downloader:
             ).all()
         return {save_as: str(sha256) for save_as, sha256 in rows if sha256}
 
-    def _pending(self, sidecars: bool) -> Iterator[list[MirrorRunFile]]:
+    def _pending(self, sidecars: bool) -> Iterator[list[PendingFile]]:
         after = 0
         while True:
             with self.runtime.db.session() as session:
-                rows = list(
-                    session.scalars(
-                        select(MirrorRunFile)
+                rows = [
+                    PendingFile(*row)
+                    for row in session.execute(
+                        select(*PENDING_COLUMNS)
                         .where(
                             MirrorRunFile.run_id == self.run_id,
                             MirrorRunFile.state == states.FILE_PENDING,
@@ -173,8 +199,7 @@ class Downloader:
                         .order_by(MirrorRunFile.id)
                         .limit(BATCH)
                     )
-                )
-                session.expunge_all()
+                ]
             if not rows:
                 return
             after = rows[-1].id
@@ -182,7 +207,7 @@ class Downloader:
             if chosen:
                 yield chosen
 
-    def _one(self, row: MirrorRunFile, *, priors: dict[str, Prior]) -> Outcome:
+    def _one(self, row: PendingFile, *, priors: dict[str, Prior]) -> Outcome:
         if self.stopping.is_set():
             return Outcome(row.id, states.FILE_PENDING)
         prior = priors.get(row.save_as)
@@ -368,7 +393,7 @@ def _is_sidecar(save_as: str) -> bool:
     return save_as.endswith(tuple(SIDECARS))
 
 
-def _unchanged(row: MirrorRunFile, prior: Prior) -> bool:
+def _unchanged(row: PendingFile, prior: Prior) -> bool:
     if row.size is not None and row.size != prior.size:
         return False
     if row.fingerprint and prior.fingerprint:
