@@ -15,10 +15,10 @@ import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import tenacity
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import (
@@ -335,6 +335,8 @@ class MirrorRunner:
 
     def _publish(self, release: str) -> None:
         patterns = compile_patterns(self.definition.local_files)
+        # As an ingest does: a release is never published over blobs a crash could still lose.
+        self.runtime.archive.sync()
         with self.runtime.db.session() as session:
             held = session.execute(
                 update(Job)
@@ -392,8 +394,18 @@ class MirrorRunner:
     ) -> tuple[int, int]:
         count = size = 0
         batch: list[dict[str, Any]] = []
-        rows = session.scalars(
-            select(MirrorRunFile)
+        files = cast(Table, File.__table__)
+        # Columns, not ORM objects, and a Core INSERT: a release can hold 100,000 files.
+        rows = session.execute(
+            select(
+                MirrorRunFile.save_as,
+                MirrorRunFile.bytes_done,
+                MirrorRunFile.sha256,
+                MirrorRunFile.crc32,
+                MirrorRunFile.mtime,
+                MirrorRunFile.md5,
+                MirrorRunFile.url,
+            )
             .where(
                 MirrorRunFile.run_id == self.run_id,
                 MirrorRunFile.state.in_((states.FILE_DONE, states.FILE_REUSED)),
@@ -422,10 +434,10 @@ class MirrorRunner:
             count += 1
             size += row.bytes_done
             if len(batch) >= INSERT_BATCH:
-                session.execute(insert(File), batch)
+                session.connection().execute(insert(files), batch)
                 batch = []
         if batch:
-            session.execute(insert(File), batch)
+            session.connection().execute(insert(files), batch)
         return count, size
 
     def _key_values(self, release: str) -> Iterable[tuple[str, str]]:
