@@ -169,8 +169,7 @@ class Archive:
         target = self.store.local_path(temp)
         if target is not None:
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                path.replace(target)
+                _move(path, target)
             except OSError:
                 target = None
         if target is None:
@@ -264,3 +263,12 @@ class Archive:
 def open_archive(url: str) -> Archive:
     """The archive at ``url`` (``file://``, ``memory://``, ``s3://``, ``gs://``)."""
     return Archive(open_store(url))
+
+
+def _move(path: Path, target: Path) -> None:
+    """Rename ``path`` to ``target``, making the target's folder only when it is missing."""
+    try:
+        path.replace(target)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(target)
