@@ -9,7 +9,8 @@ timed from the run request until the release is published, archive writes includ
 rclone alone, rclone followed by what Conveyor does beyond copying (sha256 of every file, a
 flush to disk before publishing) shows the cost of the same work.
 Page cache is warm for every client (the servers read files the previous client read).
-Conveyor's server peak RSS is reported per data set: it must not grow with file count.
+Each Conveyor run gets a new server with an empty archive, so no blob is deduplicated
+against an earlier run; its peak RSS must not grow with file count.
 
     .venv/bin/python bench/mirror/run.py [--workdir DIR] [--repeat N]
 """
@@ -36,6 +37,7 @@ from tests.support.mirror_servers import ServerInfo, ftp_server, http_server, sf
 
 SETS = {"1,000 x 100 KiB": (1000, 100 * 1024), "4 x 256 MiB": (4, 256 * MIB)}
 THREADS = 4
+PORT = 18200
 
 
 def make_files(root: Path, count: int, size: int) -> Path:
@@ -159,11 +161,25 @@ def median_of(repeat: int, once: Callable[[int], float]) -> float:
     return statistics.median(once(number) for number in range(repeat))
 
 
+def fresh_conveyor(work: Path, run: Callable[[str], float]) -> tuple[float, float]:
+    """``run`` against a new `conveyor serve` with an empty archive (a blob already held
+    would be deduplicated, and its bytes never written); seconds and the server's peak RSS."""
+    data_dir = work / "server"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    server = start_server(data_dir, PORT)
+    try:
+        return run(f"http://127.0.0.1:{PORT}"), peak_rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def compare(
-    url: str, protocol: str, tree: Path, work: Path, prefix: str, repeat: int
-) -> tuple[float, float, float, float]:
+    protocol: str, tree: Path, work: Path, repeat: int
+) -> tuple[float, float, float, float, float]:
     """Median seconds of rclone, rclone with Conveyor's extra work (hashing, a flush), lftp
-    (FTP and HTTP only) and Conveyor on one server."""
+    (FTP and HTTP only) and Conveyor on one server; and Conveyor's highest peak RSS."""
     with serve(protocol, tree) as info:
         known = work / "known_hosts"
         known.write_text(f"{info.known_hosts_line or ''}\n")
@@ -184,39 +200,38 @@ def compare(
         mirror = float("nan")
         if protocol != "sftp":
             mirror = median_of(repeat, lambda n: lftp(protocol, info, fresh(f"lftp{n}")))
-        ours = median_of(
-            repeat, lambda n: conveyor(url, protocol, info, known, f"{prefix}-{protocol}-{n}")
-        )
+        peaks: list[float] = []
+
+        def ours_once(number: int) -> float:
+            seconds, peak = fresh_conveyor(
+                work, lambda url: conveyor(url, protocol, info, known, f"{protocol}-{number}")
+            )
+            peaks.append(peak)
+            return seconds
+
+        ours = median_of(repeat, ours_once)
     shutil.rmtree(work / "dest", ignore_errors=True)
-    return clone, clone_plus, mirror, ours
+    return clone, clone_plus, mirror, ours, max(peaks)
 
 
 def main() -> None:
     work, repeat = bench_arguments(__doc__)
     # The loopback servers log every command at INFO; only the figures matter here.
     logging.disable(logging.INFO)
-    data_dir = work / "server"
-    shutil.rmtree(data_dir, ignore_errors=True)
-    server = start_server(data_dir, 18200)
-    url = "http://127.0.0.1:18200"
     print(
         f"{'set':18} {'proto':5} {'rclone s':>9} {'+hash+sync s':>12} {'lftp s':>7} "
         f"{'conveyor s':>10} {'vs rclone':>9} {'vs +hash':>8} {'MB/s':>6} {'RSS MB':>7}"
     )
-    try:
-        for label, (count, size) in SETS.items():
-            tree = make_files(work / f"set-{count}", count, size)
-            total_mb = count * size / MIB
-            for protocol in ("ftp", "http", "sftp"):
-                clone, plus, mirror, ours = compare(url, protocol, tree, work, f"b{count}", repeat)
-                print(
-                    f"{label:18} {protocol:5} {clone:9.2f} {plus:12.2f} {mirror:7.2f} "
-                    f"{ours:10.2f} {clone / ours:9.2f} {plus / ours:8.2f} "
-                    f"{total_mb / ours:6.0f} {peak_rss_mb(server.pid):7.0f}"
-                )
-    finally:
-        server.terminate()
-        server.wait()
+    for label, (count, size) in SETS.items():
+        tree = make_files(work / f"set-{count}", count, size)
+        total_mb = count * size / MIB
+        for protocol in ("ftp", "http", "sftp"):
+            clone, plus, mirror, ours, peak = compare(protocol, tree, work, repeat)
+            print(
+                f"{label:18} {protocol:5} {clone:9.2f} {plus:12.2f} {mirror:7.2f} "
+                f"{ours:10.2f} {clone / ours:9.2f} {plus / ours:8.2f} "
+                f"{total_mb / ours:6.0f} {peak:7.0f}"
+            )
 
 
 if __name__ == "__main__":
