@@ -402,6 +402,21 @@ def test_credentials_never_show() -> None:
         assert "**********" in shown
 
 
+@pytest.mark.parametrize(
+    ("proxy", "reason"),
+    [
+        ("socks5://proxy.example.org:1080", "a socks5:// proxy is not supported"),
+        ("http://squid:s3cret@proxy.example.org:3128", "not inside the proxy URL"),
+    ],
+)
+def test_a_proxy_the_http_source_cannot_use_is_refused_with_the_reason(
+    proxy: str, reason: str
+) -> None:
+    message = refused(FTP_BANK + f"proxy={proxy}\n")
+    assert reason in message
+    assert "s3cret" not in message
+
+
 def test_release_source_inherits_from_the_bank() -> None:
     definition = bank(
         FTP_BANK

@@ -38,6 +38,8 @@ Protocol = Literal[
     "directhttps",
 ]
 DIRECT_PROTOCOLS = ("directftp", "directftps", "directhttp", "directhttps")
+# The proxies the HTTP source speaks to (plain or TLS to the proxy; CONNECT for https).
+PROXY_SCHEMES = ("http", "https")
 
 
 class SourceOptions(BaseModel):
@@ -157,10 +159,13 @@ class SourceSpec(BaseModel):
 
     @field_validator("proxy")
     @classmethod
-    def _no_login_in_proxy(cls, value: str | None) -> str | None:
+    def _checked_proxy(cls, value: str | None) -> str | None:
         if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
             # A login in the URL would show wherever the URL is shown; proxy_auth is sealed.
             raise ValueError("give the proxy's login in proxy_auth, not inside the proxy URL")
+        scheme = value.split("://", 1)[0].lower() if value and "://" in value else "http"
+        if scheme not in PROXY_SCHEMES:
+            raise ValueError(f"a {scheme}:// proxy is not supported; use http:// or https://")
         return value or None
 
     @property

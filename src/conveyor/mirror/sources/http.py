@@ -47,7 +47,6 @@ READ_SIZE = 1024 * 1024
 MAX_REDIRECTS = 10
 # An answer's unread rest up to this size is read off, so the connection can be reused.
 DRAIN_LIMIT = 64 * 1024
-PROXY_SCHEMES = ("http", "https")
 
 log = logging.getLogger(__name__)
 # Checks are off only where a mirror's options say so, and that is logged once per source
@@ -202,8 +201,6 @@ def _pool_manager(spec: SourceSpec) -> urllib3.PoolManager:
     if not spec.proxy:
         return urllib3.PoolManager(**settings)
     proxy = spec.proxy if "://" in spec.proxy else f"http://{spec.proxy}"
-    if urlsplit(proxy).scheme not in PROXY_SCHEMES:
-        raise SourceError(f"{proxy}: only http:// and https:// proxies work", permanent=True)
     headers = None
     if spec.proxy_auth is not None:
         login = f"{spec.proxy_auth.user}:{spec.proxy_auth.secret()}"
