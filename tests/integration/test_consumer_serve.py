@@ -447,24 +447,16 @@ def test_serve_refuses_a_bad_listen_address_and_an_unreachable_producer(
 ) -> None:
     env = conveyor_env(tmp_path / "cli-data")
     base = [*CONVEYOR, "consumer", "serve", str(seed_zip), "--work-dir", str(work)]
-    bad = subprocess.run(
-        [*base, "--producer", "http://127.0.0.1:9", "--listen", "nowhere"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*base, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    bad = serve("--producer", "http://127.0.0.1:9", "--listen", "nowhere")
     assert bad.returncode == 2
     assert "--listen takes host:port, not 'nowhere'" in bad.stderr
-    unreachable = subprocess.run(
-        [*base, "--producer", f"http://127.0.0.1:{free_port()}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    unreachable = serve("--producer", f"http://127.0.0.1:{free_port()}")
     assert unreachable.returncode == 1
     assert "cannot reach http://127.0.0.1:" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr + bad.stderr

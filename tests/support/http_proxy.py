@@ -1,6 +1,6 @@
 """A real forward HTTP proxy on loopback, to prove a client's traffic goes through a proxy.
 
-:func:`forward_proxy` runs a :class:`http.server.ThreadingHTTPServer` in a background thread of
+:func:`forward_proxy` runs a threaded HTTP server (tests.support.tracked_server) in a thread of
 the test process on 127.0.0.1 and yields a :class:`ProxyInfo`. It does what a client expects of
 an ordinary forward proxy:
 
@@ -26,18 +26,16 @@ import http.client
 import http.server
 import logging
 import socket
-import socketserver
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
+
+from tests.support.tracked_server import DispatchingHandler, TrackedHTTPServer, serving
 
 logger = logging.getLogger(__name__)
 
-JOIN_TIMEOUT = 10.0  # seconds a proxy thread may take to stop before the test fails
 UPSTREAM_TIMEOUT = 30.0  # seconds to connect to an origin or wait for its next bytes
 CHUNK = 64 * 1024
 
@@ -106,7 +104,7 @@ class ProxyInfo:
     log: ProxyLog
 
 
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+class _ProxyHandler(DispatchingHandler):
     """Forwards absolute-form requests and tunnels CONNECT, after checking the login."""
 
     protocol_version = "HTTP/1.1"  # keep-alive with the client
@@ -115,29 +113,19 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _ProxyServer
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("proxy %s: " + format, self.address_string(), *args)
+    log_name = "proxy"
 
-    def do_CONNECT(self) -> None:
+    def do_CONNECT(self) -> None:  # noqa: N802 - http.server names
         if self._authorized():
             self._tunnel()
 
-    def do_GET(self) -> None:
-        self._dispatch()
+    def do_PUT(self) -> None:  # noqa: N802 - http.server names
+        self.dispatch()
 
-    def do_HEAD(self) -> None:
-        self._dispatch()
+    def do_DELETE(self) -> None:  # noqa: N802 - http.server names
+        self.dispatch()
 
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
         if self._authorized():
             self._forward()
 
@@ -145,17 +133,9 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
         self.server.log.record(self.command, self.path, status)
-        body = b"" if self.command == "HEAD" else f"{text}\n".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        if self._has_body() and self.command != "CONNECT":
-            # The request body was not read: the connection cannot carry another request.
-            self.send_header("Connection", "close")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        # A request body left unread: the connection cannot carry another request.
+        unread = self._has_body() and self.command != "CONNECT"
+        self.reply_text(status, text, headers, close=unread)
 
     def _has_body(self) -> bool:
         return bool(self.headers.get("Transfer-Encoding")) or (
@@ -383,86 +363,15 @@ def _close_both(*sockets: socket.socket) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-class _ProxyServer(http.server.ThreadingHTTPServer):
-    """A thread per connection; every thread and socket is tracked so shutdown can end them."""
+class _ProxyServer(TrackedHTTPServer):
+    """A thread per connection; tunnels add theirs, tracked the same way."""
 
-    daemon_threads = True
-    block_on_close = False  # we join our own threads, with a timeout
-    request_queue_size = 64
+    thread_prefix = "proxy"
 
     def __init__(self, authorization: bytes | None) -> None:
         self.authorization = authorization
         self.log = ProxyLog()
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._workers: set[threading.Thread] = set()
-        self._sockets: set[socket.socket] = set()
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.port = int(self.server_address[1])
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup of the host (getfqdn): skip it.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self.track(request)
-        self.start_thread(
-            self._serve_connection, request, client_address, name=f"proxy-{self.port}-conn"
-        )
-
-    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except OSError as error:
-            logger.debug("proxy connection from %s ended: %r", client_address, error)
-        except Exception:
-            logger.exception("proxy connection from %s failed", client_address)
-        finally:
-            self.untrack(request)
-            self.shutdown_request(request)
-
-    def start_thread(self, target: Any, *args: Any, name: str) -> threading.Thread:
-        """Start a daemon thread that :meth:`stop_connections` will hand back for joining."""
-        thread = threading.Thread(target=self._run, args=(target, *args), name=name, daemon=True)
-        with self._lock:
-            self._workers.add(thread)
-        thread.start()
-        return thread
-
-    def _run(self, target: Any, *args: Any) -> None:
-        try:
-            target(*args)
-        finally:
-            with self._lock:
-                self._workers.discard(threading.current_thread())
-
-    def track(self, sock: socket.socket) -> None:
-        """Register a socket to be shut down when the proxy stops."""
-        with self._lock:
-            if not self._stopping:
-                self._sockets.add(sock)
-                return
-        # Opened while stopping: it would be missed by the sweep, so end it now.
-        with suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-    def untrack(self, sock: socket.socket) -> None:
-        """Forget a socket about to be closed."""
-        with self._lock:
-            self._sockets.discard(sock)
-
-    def stop_connections(self) -> list[threading.Thread]:
-        """Wake every thread (idle keep-alives and tunnels included); return them to join."""
-        with self._lock:
-            self._stopping = True
-            sockets = list(self._sockets)
-            threads = list(self._workers)
-        for sock in sockets:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        return threads
+        super().__init__(_ProxyHandler)
 
 
 @contextmanager
@@ -474,36 +383,13 @@ def forward_proxy(*, login: tuple[str, str] | None = None) -> Iterator[ProxyInfo
     without it, or with another one, the answer is ``407`` with
     ``Proxy-Authenticate: Basic realm="test"``. On exit the proxy stops accepting, every open
     connection and tunnel is shut down, and each thread is joined (``RuntimeError`` when one
-    does not stop within :data:`JOIN_TIMEOUT`).
+    does not stop in time).
     """
     authorization = f"{login[0]}:{login[1]}".encode() if login is not None else None
-    server = _ProxyServer(authorization)
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": 0.05},
-        name=f"proxy-{server.port}",
-        daemon=True,
-    )
-    thread.start()
-    try:
+    with serving(_ProxyServer(authorization)) as server:
         yield ProxyInfo(
             url=f"http://127.0.0.1:{server.port}",
             host="127.0.0.1",
             port=server.port,
             log=server.log,
         )
-    finally:
-        server.shutdown()
-        thread.join(timeout=JOIN_TIMEOUT)
-        deadline = time.monotonic() + JOIN_TIMEOUT
-        stuck = [thread] if thread.is_alive() else []
-        # Again until none is left: a tunnel may start its second thread during the sweep.
-        while workers := [w for w in server.stop_connections() if w not in stuck]:
-            for worker in workers:
-                worker.join(timeout=max(0.0, deadline - time.monotonic()))
-                if worker.is_alive():
-                    stuck.append(worker)
-        server.server_close()
-        if stuck:
-            names = ", ".join(worker.name for worker in stuck)
-            raise RuntimeError(f"proxy threads did not stop in {JOIN_TIMEOUT:.0f} s: {names}")

@@ -21,7 +21,6 @@ import base64
 import datetime as dt
 import functools
 import html
-import http.server
 import ipaddress
 import json
 import logging
@@ -30,7 +29,6 @@ import os
 import posixpath
 import re
 import socket
-import socketserver
 import ssl
 import stat
 import tempfile
@@ -43,6 +41,8 @@ from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.support.tracked_server import DispatchingHandler, TrackedHTTPServer, serving
 
 logger = logging.getLogger(__name__)
 
@@ -762,7 +762,7 @@ def _content_type(path: Path) -> str:
     return kind
 
 
-class _MirrorHTTPHandler(http.server.BaseHTTPRequestHandler):
+class _MirrorHTTPHandler(DispatchingHandler):
     """GET/HEAD of files and indexes, /echo, /no-head/, redirects, auth and faults."""
 
     protocol_version = "HTTP/1.1"
@@ -771,30 +771,7 @@ class _MirrorHTTPHandler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _MirrorHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("http %s: " + format, self.address_string(), *args)
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_HEAD(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
     # --- responses
-
-    def _reply(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
-        body = (text + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     def _reply_json(self, payload: dict[str, Any]) -> None:
         body = json.dumps(payload).encode()
@@ -818,7 +795,7 @@ class _MirrorHTTPHandler(http.server.BaseHTTPRequestHandler):
 
     # --- routing
 
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
         config = self.server.config
         faults = config.faults
         if self.command == "GET":
@@ -827,26 +804,28 @@ class _MirrorHTTPHandler(http.server.BaseHTTPRequestHandler):
             faults._log(f"{self.command} {self.path}")
         body = self._read_body()
         if faults._take("refuse_connections"):
-            return self._reply(503, "Service Unavailable", {"Retry-After": "1"})
+            return self.reply_text(503, "Service Unavailable", {"Retry-After": "1"})
         if faults._take("too_many_requests"):
-            return self._reply(429, "Too Many Requests", {"Retry-After": "1"})
+            return self.reply_text(429, "Too Many Requests", {"Retry-After": "1"})
         if config.authorization is not None and (
             self.headers.get("Authorization") != config.authorization
         ):
-            return self._reply(401, "Unauthorized", {"WWW-Authenticate": 'Basic realm="mirror"'})
+            return self.reply_text(
+                401, "Unauthorized", {"WWW-Authenticate": 'Basic realm="mirror"'}
+            )
         split = urlsplit(self.path)
         path = split.path
         if path in config.redirects:
-            return self._reply(302, "Found", {"Location": config.redirects[path]})
+            return self.reply_text(302, "Found", {"Location": config.redirects[path]})
         if path == "/echo":
             return self._echo(split.query, body)
         local = path
         if path.startswith("/no-head/"):
             if self.command == "HEAD":
-                return self._reply(405, "Method Not Allowed", {"Allow": "GET"})
+                return self.reply_text(405, "Method Not Allowed", {"Allow": "GET"})
             local = path[len("/no-head") :]
         if self.command == "POST":
-            return self._reply(405, "Method Not Allowed", {"Allow": "GET, HEAD"})
+            return self.reply_text(405, "Method Not Allowed", {"Allow": "GET, HEAD"})
         return self._serve_path(path, local, split.query)
 
     def _echo(self, query: str, body: bytes) -> None:
@@ -864,16 +843,16 @@ class _MirrorHTTPHandler(http.server.BaseHTTPRequestHandler):
         """Serve URL ``path``, found in the root at ``local`` (``path`` minus /no-head)."""
         parts = [p for p in unquote(local).split("/") if p not in ("", ".")]
         if ".." in parts or any("\0" in p for p in parts):
-            return self._reply(404, "Not Found")
+            return self.reply_text(404, "Not Found")
         target = self.server.config.root.joinpath(*parts)
         if target.is_dir():
             if not path.endswith("/"):
                 location = path + "/" + (f"?{query}" if query else "")
-                return self._reply(301, "Moved Permanently", {"Location": location})
+                return self.reply_text(301, "Moved Permanently", {"Location": location})
             return self._send_index(unquote(path), target)
         if target.is_file():
             return self._send_file(target, "/".join(parts))
-        return self._reply(404, "Not Found")
+        return self.reply_text(404, "Not Found")
 
     # --- directory index
 
@@ -931,7 +910,7 @@ class _MirrorHTTPHandler(http.server.BaseHTTPRequestHandler):
         etag = f'"{size:x}-{st.st_mtime_ns:x}"'
         wanted = self._range(size, etag, st.st_mtime)
         if wanted == "416":
-            self._reply(416, "Range Not Satisfiable", {"Content-Range": f"bytes */{size}"})
+            self.reply_text(416, "Range Not Satisfiable", {"Content-Range": f"bytes */{size}"})
             return
         start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
         self.send_response(206 if isinstance(wanted, tuple) else 200)
@@ -974,70 +953,21 @@ class _MirrorHTTPHandler(http.server.BaseHTTPRequestHandler):
             socket.socket.shutdown(self.connection, socket.SHUT_RDWR)
 
 
-class _MirrorHTTPServer(http.server.HTTPServer):
-    """A thread per connection, with every connection and thread tracked for shutdown."""
+class _MirrorHTTPServer(TrackedHTTPServer):
+    """The test HTTP(S) server: TLS per connection, every connection tracked for shutdown."""
 
-    daemon_threads = True
-    request_queue_size = 64
+    thread_prefix = "mirror-http"
 
     def __init__(self, config: _HttpConfig, context: ssl.SSLContext | None) -> None:
         self.config = config
         self.context = context
-        self._lock = threading.Lock()
-        self._threads: set[threading.Thread] = set()
-        self._sockets: dict[threading.Thread, socket.socket] = {}
-        super().__init__(("127.0.0.1", 0), _MirrorHTTPHandler)
-        self.port = int(self.server_address[1])
+        super().__init__(_MirrorHTTPHandler)
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup of the host (getfqdn): skip it.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._serve_connection,
-            args=(request, client_address),
-            name=f"mirror-http-{self.port}-conn",
-            daemon=True,
-        )
-        with self._lock:
-            self._threads.add(thread)
-            self._sockets[thread] = request
-        thread.start()
-
-    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
-        current = threading.current_thread()
-        connection = request
-        try:
-            if self.context is not None:
-                # The handshake runs here, not in the accept loop: a slow client blocks only
-                # its own thread.
-                request.settimeout(_MirrorHTTPHandler.timeout)
-                connection = self.context.wrap_socket(request, server_side=True)
-                with self._lock:
-                    self._sockets[current] = connection
-            self.finish_request(connection, client_address)
-        except (OSError, ssl.SSLError, ValueError) as error:
-            logger.debug("http connection from %s ended: %r", client_address, error)
-        except Exception:
-            logger.exception("http connection from %s failed", client_address)
-        finally:
-            self.shutdown_request(connection)
-            with self._lock:
-                self._threads.discard(current)
-                self._sockets.pop(current, None)
-
-    def stop_connections(self) -> list[threading.Thread]:
-        """Wake every connection thread (idle keep-alives included); return them to join."""
-        with self._lock:
-            sockets = list(self._sockets.values())
-            threads = list(self._threads)
-        for sock in sockets:
-            with suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        return threads
+    def open_connection(self, request: socket.socket) -> socket.socket:
+        if self.context is None:
+            return request
+        request.settimeout(_MirrorHTTPHandler.timeout)
+        return self.context.wrap_socket(request, server_side=True)
 
 
 @contextmanager
@@ -1082,14 +1012,8 @@ def http_server(
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(files.certfile, files.keyfile)
         server = _MirrorHTTPServer(config, context)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"mirror-http-{server.port}",
-            daemon=True,
-        )
-        thread.start()
-        try:
+        # On exit, stopping makes stalled bodies give up at once.
+        with serving(server, on_stop=config.stopping.set):
             yield ServerInfo(
                 scheme="https" if tls else "http",
                 host="127.0.0.1",
@@ -1101,16 +1025,6 @@ def http_server(
                 known_hosts_line=None,
                 faults=faults,
             )
-        finally:
-            server.shutdown()
-            config.stopping.set()  # stalled bodies give up at once
-            _stop_thread(thread, "HTTP server")
-            deadline = time.monotonic() + JOIN_TIMEOUT
-            for connection in server.stop_connections():
-                connection.join(timeout=max(0.0, deadline - time.monotonic()))
-                if connection.is_alive():
-                    raise RuntimeError(f"HTTP connection thread {connection.name} did not stop")
-            server.server_close()
 
 
 # --- SFTP (asyncssh) -------------------------------------------------------------------------

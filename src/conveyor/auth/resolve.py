@@ -7,11 +7,13 @@ import binascii
 import ipaddress
 from collections.abc import Mapping
 
+from sqlalchemy.orm import Session
+
 from conveyor.auth.principal import Principal
 from conveyor.auth.tokens import PREFIX, lookup
 from conveyor.config import Settings
 from conveyor.db.engine import Database
-from conveyor.db.models import User
+from conveyor.db.models import ApiToken, User
 from conveyor.errors import Unauthorized
 
 
@@ -51,6 +53,15 @@ def anonymous(settings: Settings) -> Principal:
     return Principal(settings.default_user, admin=True, authenticated=False)
 
 
+def _token_principal(session: Session, token: ApiToken) -> Principal:
+    """Whom a token speaks for; a scoped token never as an admin."""
+    if token.scope is not None:
+        return Principal(token.user_id, admin=False, authenticated=True, scope=token.scope)
+    user = session.get(User, token.user_id)
+    admin = token.admin or bool(user and user.admin)
+    return Principal(token.user_id, admin=admin, authenticated=True)
+
+
 def _scoped_token(db: Database, headers: Mapping[str, str]) -> Principal | None:
     """A consumer run's scoped token, which works behind a proxy too (runs call directly)."""
     secret = _bearer(headers)
@@ -60,7 +71,7 @@ def _scoped_token(db: Database, headers: Mapping[str, str]) -> Principal | None:
         token = lookup(session, secret)
         if token is None or token.scope is None:
             return None
-        return Principal(token.user_id, admin=False, authenticated=True, scope=token.scope)
+        return _token_principal(session, token)
 
 
 def authenticate(
@@ -79,11 +90,7 @@ def authenticate(
             token = lookup(session, secret)
             if token is None:
                 raise Unauthorized("the API token is unknown or revoked")
-            if token.scope is not None:
-                return Principal(token.user_id, admin=False, authenticated=True, scope=token.scope)
-            user = session.get(User, token.user_id)
-            admin = token.admin or bool(user and user.admin)
-            return Principal(token.user_id, admin=admin, authenticated=True)
+            return _token_principal(session, token)
     scoped = _scoped_token(db, headers)
     if scoped is not None:
         return scoped

@@ -238,8 +238,7 @@ def _archive_fetcher(runtime: Runtime, input_id: int | None) -> Callable[[InputF
             sha256 = row.sha256
         # A copy, never a hard link: a consumer writing to its input would rewrite the
         # archived blob through a shared inode.
-        with runtime.archive.open(sha256) as source, target.open("wb") as out:
-            shutil.copyfileobj(source, out, 1024 * 1024)
+        runtime.archive.copy_to(sha256, target)
 
     return fetch
 

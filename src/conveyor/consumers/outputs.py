@@ -41,7 +41,8 @@ def publish_outputs(
         entries: list[FileEntry] = []
         try:
             for path, subdir in outputs(space):
-                entry = _entry(path.name, subdir, path.stat().st_size, path.stat().st_mtime)
+                status = path.stat()
+                entry = _entry(path.name, subdir, status.st_size, status.st_mtime)
                 stored = copy_into_archive(runtime.archive, entry, path)
                 staging.add(staged_from(entry, stored, path), created=stored.created)
                 entries.append(entry)

@@ -8,7 +8,6 @@ it. A consumer is named by ``--name``, or by its package's top folder.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +104,7 @@ def _store(runtime: Runtime, package: ConsumerPackage) -> None:
 
 def write_package(runtime: Runtime, sha256: str, target: Path) -> None:
     """Copy the stored package ``sha256`` to ``target``."""
-    with runtime.archive.open(sha256) as source, target.open("wb") as out:
-        shutil.copyfileobj(source, out, READ_CHUNK)
+    runtime.archive.copy_to(sha256, target)
 
 
 def installed_version(session: Session, name: str, sha256: str, runtime: Runtime) -> bool:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 
 from conveyor.config import Settings, redact_url
+from conveyor.jobs.executors import CONSUMERS_LANE, JOBS_LANE
 from conveyor.waiting import Unreachable, wait_until_reachable
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 RUN_JOB = "conveyor.run_job"
 QUEUE = "conveyor.jobs"
 # Each executor lane's queue (consumer runs have their own; see jobs.executors).
-QUEUES = {"jobs": QUEUE, "consumers": "conveyor.consumers"}
+QUEUES = {JOBS_LANE: QUEUE, CONSUMERS_LANE: "conveyor.consumers"}
 
 celery_app = Celery("conveyor")
 _runtime: Runtime | None = None

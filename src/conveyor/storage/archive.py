@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -205,6 +206,11 @@ class Archive:
             return self.store.open_read(blob_key(sha256))
         except FileNotFoundError:
             raise BlobNotFound(f"blob {sha256} is not in the archive") from None
+
+    def copy_to(self, sha256: str, target: Path) -> None:
+        """Write the blob to the local file ``target`` (a copy: never a link to the blob)."""
+        with self.open(sha256) as source, target.open("wb") as out:
+            shutil.copyfileobj(source, out, CHUNK_SIZE)
 
     def read_range(
         self, sha256: str, start: int = 0, end: int | None = None, chunk_size: int = CHUNK_SIZE
