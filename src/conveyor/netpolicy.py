@@ -2,8 +2,9 @@
 
 A user-given URL makes the server open a connection, so a careless target could reach the
 cloud's credentials endpoint or another internal service. Link-local, multicast and
-unspecified addresses and cloud-metadata names are always refused, however written
-(IPv4-mapped, integer or octal forms, a trailing dot) and whatever a name resolves to.
+unspecified addresses and cloud-metadata addresses and names are always refused, however
+written (IPv4-mapped, integer or octal forms, a trailing dot) and whatever a name resolves
+to; an operator's allow list cannot open them.
 Operators add their own denied networks or names; with an allow list set, only what it
 names is reachable. Loopback and private ranges are allowed until an operator denies them.
 The check runs when a target is saved and again before every send, since DNS can change.
@@ -21,8 +22,20 @@ from conveyor.errors import BadRequest
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-# Cloud metadata services answer on link-local addresses or these names.
+# Cloud metadata services answer on link-local addresses (169.254.169.254 for AWS, Azure,
+# Google, Oracle, OpenStack and most others; refused as link-local), on these names, and on
+# these addresses outside the link-local ranges, which the private-range default would let by.
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data"})
+METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
+    ipaddress.ip_address(text)
+    for text in (
+        "fd00:ec2::254",  # AWS instance metadata over IPv6
+        "fd20:ce::254",  # Google Cloud metadata on IPv6-only instances
+        "100.100.100.200",  # Alibaba Cloud instance metadata
+        "192.0.0.192",  # Oracle Cloud Classic instance metadata
+        "168.63.129.16",  # Azure WireServer: agent configuration and certificates
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -57,11 +70,9 @@ class TargetPolicy:
             raise BadRequest(f"{what} host {host!r} is not allowed (a denied or metadata host)")
         addresses = resolved_addresses(host)
         for address in addresses:
-            if address.is_link_local or address.is_multicast or address.is_unspecified:
-                raise BadRequest(
-                    f"{what} host {host!r} is (or resolves to) {address}, "
-                    "a link-local, multicast or unspecified address"
-                )
+            reason = _always_refused(address)
+            if reason is not None:
+                raise BadRequest(f"{what} host {host!r} is (or resolves to) {address}, {reason}")
             if any(address in network for network in self.deny_networks):
                 raise BadRequest(f"{what} host {host!r} resolves to {address}, a denied network")
         if self.allow_networks or self.allow_hosts:
@@ -71,6 +82,15 @@ class TargetPolicy:
             )
             if not (named or inside):
                 raise BadRequest(f"{what} host {host!r} is not in the allowed targets")
+
+
+def _always_refused(address: IPAddress) -> str | None:
+    """Why ``address`` is refused whatever the operator configured; None if it is not."""
+    if address in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if address.is_link_local or address.is_multicast or address.is_unspecified:
+        return "a link-local, multicast or unspecified address"
+    return None
 
 
 def resolved_addresses(host: str) -> list[IPAddress]:

@@ -1,7 +1,7 @@
 """Every kind of event, from its commit to RabbitMQ, NATS and a webhook, through the dispatcher.
 
-Kinds: a new transaction (ingest), a job that succeeded and one that failed, a cart ready,
-a mirror release published and one failed, and a dead-lettered delivery.
+Kinds: a new transaction (ingest), a job that succeeded and one that failed, a cart ready and
+one that failed, a mirror release published and one failed, and a dead-lettered delivery.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ KINDS = {
     "org.conveyor.job.succeeded",
     "org.conveyor.job.failed",
     "org.conveyor.cart.ready",
+    "org.conveyor.cart.failed",
     "org.conveyor.mirror.release.published",
     "org.conveyor.mirror.release.failed",
     DEAD_LETTERED,
@@ -60,7 +61,7 @@ def nats_subject() -> Iterator[Backend]:
         yield listener
 
 
-def make_every_kind(client: TestClient, tmp_path: Path, dead_target: str) -> None:
+def make_every_kind(client: TestClient, runtime: Runtime, tmp_path: Path, dead_target: str) -> None:
     """Cause one event of each kind."""
     good = client.post("/api/v1/ingest", content=good_tar(), headers={"Content-Type": "x-tar"})
     assert good.status_code in (200, 202), good.text
@@ -70,6 +71,13 @@ def make_every_kind(client: TestClient, tmp_path: Path, dead_target: str) -> Non
     assert bad.status_code in (200, 202), bad.text
     cart = client.post("/api/v1/carts", json={"transactions": [job["transaction_id"]]})
     assert cart.status_code == 201, cart.text
+    # A built cart of the same transaction fails once a file's bytes are gone from the archive.
+    transaction = client.get(f"/api/v1/transactions/{job['transaction_id']}").json()
+    runtime.archive.delete(transaction["files"][0]["sha256"])
+    built = {"transactions": [job["transaction_id"]], "mode": "build"}
+    failed = client.post("/api/v1/carts", json=built)
+    assert failed.status_code == 201, failed.text
+    assert failed.json()["status"] == "error", failed.json()
     root = tmp_path / "bank"
     root.mkdir()
     (root / "a.txt").write_text("alpha\n")
@@ -103,7 +111,7 @@ def test_every_kind_of_event_reaches_rabbitmq_nats_and_a_webhook(
             answer = client.post("/api/v1/subscriptions", json=body)
             assert answer.status_code == 201, answer.text
             assert "guest:" not in answer.json()["target"]
-        make_every_kind(client, tmp_path, f"http://127.0.0.1:{free_port()}/nobody")
+        make_every_kind(client, runtime, tmp_path, f"http://127.0.0.1:{free_port()}/nobody")
         dispatcher = Dispatcher(runtime)
         try:
             deadline = time.monotonic() + 30

@@ -79,6 +79,39 @@ def test_set_state_with_the_published_flags(client: TestClient) -> None:
     assert "MAYBE" in bad.json()["detail"]
 
 
+def job_events(runtime: Runtime, job_id: int) -> list[OutboxEvent]:
+    """The events recorded about one job, oldest first."""
+    with runtime.db.session() as session:
+        found = session.scalars(
+            select(OutboxEvent)
+            .where(OutboxEvent.subject == f"jobs/{job_id}")
+            .order_by(OutboxEvent.time)
+        )
+        return list(found.all())
+
+
+def test_a_forced_end_records_the_finished_event_once(client: TestClient, runtime: Runtime) -> None:
+    """As a job that ends by itself does; forcing the ended state it is in records nothing."""
+    job_id = start_upload(runtime, Principal("u", admin=False, authenticated=True))
+    url = f"/api/v1/jobs/{job_id}/state"
+    forced = {"state": "FAILED", "task": "ingest files", "exception": "Failed by administrator"}
+    assert client.post(url, json=forced).status_code == 200
+    [failed] = job_events(runtime, job_id)
+    assert (failed.type, failed.owner) == ("org.conveyor.job.failed", "u")
+    assert failed.data["state"] == "failed"
+    assert failed.data["task"] == "ingest files"
+    assert failed.data["error"] == "Failed by administrator"
+    again = client.post(url, json={**forced, "exception": "still failed"})
+    assert again.status_code == 200, again.text
+    assert len(job_events(runtime, job_id)) == 1
+    done = {"state": "OK", "task": "ingest metadata", "task_percent": 100}
+    assert client.post(url, json=done).json()["state"] == "succeeded"
+    assert [event.type for event in job_events(runtime, job_id)] == [
+        "org.conveyor.job.failed",
+        "org.conveyor.job.succeeded",
+    ]
+
+
 def test_sweeper_fails_uploads_that_stopped_arriving(runtime: Runtime) -> None:
     job_id = start_upload(runtime, Principal("u", admin=False, authenticated=True))
     blob = runtime.archive.put_bytes(b"half of an upload")

@@ -8,9 +8,10 @@ hashsums. The published tests poll ``HEAD`` every 2-3 s until ``204`` and not ``
 staging (case 13) is made deterministic by an executor that only records the jobs it is given;
 they are run afterwards with ``run_job``. Tars are read with Python's tarfile and with GNU tar.
 
-Beyond the published cases: paths that escape are 400, a non-JSON body is 415, schema errors and
-unknown hash types are 400 (published 500), Range on a ready cart gives the same bytes as the
-slice, and two uids naming the same files are independent.
+Beyond the published cases: a cart of missing files records its failure event, paths that
+escape are 400, a non-JSON body is 415, schema errors and unknown hash types are 400 (published
+500), Range on a ready cart gives the same bytes as the slice, and two uids naming the same files
+are independent.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from conveyor.db.models import OutboxEvent
 from conveyor.runtime import Runtime
 from tests.support.executors import HeldExecutor
 from tests.support.services import require_command
@@ -390,6 +393,23 @@ def test_status_invalid_uid(cartd: TestClient) -> None:
 
 
 # --- beyond the published cases -------------------------------------------------------------
+
+
+def test_a_cart_of_missing_files_records_its_failure(cartd: TestClient, runtime: Runtime) -> None:
+    """Made in ``error`` at once, it records ``org.conveyor.cart.failed`` as a failed build does."""
+    missing = {"id": "mytest.txt", "path": "1/2/3/mytest.txt", "hashtype": "md5", "hashsum": ""}
+    post_cart(cartd, "98", {"fileids": [missing]})
+    assert wait_for_cart(cartd, "98").status_code == 500
+    with runtime.db.session() as session:
+        [event] = session.scalars(
+            select(OutboxEvent).where(OutboxEvent.type == "org.conveyor.cart.failed")
+        ).all()
+    assert event.owner == "conveyor"
+    assert (event.data["status"], event.data["requesters"]) == ("error", ["conveyor"])
+    assert event.data["error"].startswith("1 of 1 files failed; first: 1/2/3/mytest.txt")
+    assert event.data["item_errors"] == [
+        {"item": "1/2/3/mytest.txt", "error": "file mytest.txt is not in the archive"}
+    ]
 
 
 @pytest.mark.parametrize(

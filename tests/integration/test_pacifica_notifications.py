@@ -42,17 +42,16 @@ EVENT_ID = "C234-1234-1234"
 MATCHING = '$.data.*[?(@.value="Blah")].value'
 NOT_MATCHING = '$.data.*[?(@.value="Nothing has this value")].value'
 
-# Pacifica's tests/test_files/events.json, as a dict. The published file names the project
-# ``Transactions.proposal`` (the metadata service's older name); the metadata service and
-# Conveyor's ingest events say ``Transactions.project``, which is what makes the event
-# readable by the project's members here.
+# Pacifica's tests/test_files/events.json, unchanged, as a dict. It names the project
+# ``Transactions.proposal`` (the older name; Conveyor's own events say ``Transactions.project``),
+# which is what makes the event readable by the project's members here.
 EVENTS_JSON: dict[str, Any] = {
     "cloudEventsVersion": "0.1",
     "contentType": "application/json",
     "data": [
         {"destinationTable": "Transactions._id", "value": 1234},
         {"destinationTable": "Transactions.submitter", "value": 10},
-        {"destinationTable": "Transactions.project", "value": PROJECT},
+        {"destinationTable": "Transactions.proposal", "value": PROJECT},
         {"destinationTable": "Transactions.instrument", "value": 54},
         {"destinationTable": "TransactionKeyValue", "key": "Tag", "value": "Nam\\u00e9"},
         {"destinationTable": "TransactionKeyValue", "key": "Taggy", "value": "Blah"},
@@ -175,6 +174,14 @@ def closed_port_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/something/no/where"
+
+
+def test_root_greets(client: TestClient) -> None:
+    """``GET /`` greets as the sister services do; published: no root handler (405)."""
+    answer = client.get(f"{BASE}/")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == {"message": "Pacifica Notifications Up and Running"}
 
 
 # Eventmatch CRUD (eventmatch_test.py).
@@ -381,6 +388,21 @@ def test_receive_routes_to_matching_subscriptions(
     assert delivered["event_id"] == EVENT_ID
     assert deliveries_of(client, other["uuid"]) == []
     assert deliveries_of(client, outsider["uuid"]) == []
+
+
+def test_receive_prefers_project_to_proposal(client: TestClient, runtime: Runtime) -> None:
+    """An event naming both reads as ``Transactions.project``'s project (Conveyor's name)."""
+    event = {**EVENTS_JSON, "eventID": "both-names"}
+    event["data"] = [
+        {"destinationTable": "Transactions.project", "value": "new-name"},
+        *EVENTS_JSON["data"],
+    ]
+    answer = client.post(RECEIVE, json=event)
+    assert answer.status_code == 200, answer.text
+    with runtime.db.session() as session:
+        row = session.get(OutboxEvent, "both-names")
+        assert row is not None
+        assert row.project == "new-name"
 
 
 def test_receive_keeps_event_extensions(

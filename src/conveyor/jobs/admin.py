@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from conveyor.db.models import Job, StagedBlob
 from conveyor.db.types import utcnow
 from conveyor.errors import BadRequest, Conflict, NotFound
+from conveyor.jobs import service as jobs
 from conveyor.jobs import states
 from conveyor.runtime import Runtime
 
@@ -25,7 +26,8 @@ def set_state(
     """Force a job's state, as Pacifica's ``job --state --task --task-percent --exception``.
 
     ``FAILED`` (or ``failed``/``cancelled``) ends the job. ``OK`` at ``ingest metadata``/100
-    marks it succeeded; ``OK`` anywhere else queues it to run again.
+    marks it succeeded; ``OK`` anywhere else queues it to run again. A job forced into an
+    ended state it was not in records its finished event, as a job that ends by itself does.
     """
     if state not in PACIFICA_STATES and state not in states.ALL:
         allowed = ", ".join(sorted(PACIFICA_STATES | set(states.ALL)))
@@ -42,10 +44,14 @@ def set_state(
             job.task_percent = task_percent
         if exception is not None:
             job.error = exception
+        before = job.state
         job.state = _native(state, job.task, job.task_percent)
         job.lease_owner = None
         job.lease_expires_at = None
         job.finished_at = utcnow() if job.state in states.FINISHED else None
+        if job.state in states.FINISHED and job.state != before:
+            session.flush()  # the event is read from the row
+            jobs.record_finished(session, job_id)
     if job.state == states.QUEUED:
         runtime.submit(job_id)
 

@@ -164,12 +164,12 @@ def finish(
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         return False
-    _record_finished(session, job_id)
+    record_finished(session, job_id)
     return True
 
 
-def _record_finished(session: Session, job_id: int) -> None:
-    """The job's outcome as an event, in the transaction that ends the job."""
+def record_finished(session: Session, job_id: int) -> None:
+    """Record the job's outcome as an event, in the transaction that ends the job."""
     job = session.execute(
         select(Job.kind, Job.owner, Job.state, Job.task, Job.error, Job.item_errors)
         .add_columns(Job.transaction_id)

@@ -3,7 +3,8 @@
 An eventmatch is a Conveyor subscription in the jsonpath2 dialect that gets the Pacifica
 0.1 event shape. Deliberate differences from the published service (docs/compatibility.md):
 a failing target is retried and never disabled, passwords and tokens are never returned, a
-bad JSONPath or id is a 400 (not a 500), and ``user`` cannot be changed by a PUT.
+bad JSONPath or id is a 400 (not a 500), ``user`` cannot be changed by a PUT, and ``GET /``
+answers a greeting as the other Pacifica services do (published: 405).
 
 Identity is the principal Conveyor authenticated; with ``CONVEYOR_AUTH=none`` (loopback
 only) the published ``Http-Remote-User`` header names the user, as the published service did.
@@ -125,6 +126,12 @@ class EventMatchBody(BaseModel):
     disabled: str | None = None
 
 
+@router.get("/", summary="Service status")
+def root() -> dict[str, str]:
+    """A greeting in the sister services' form, so health checks can probe the mount."""
+    return {"message": "Pacifica Notifications Up and Running"}
+
+
 @router.post("/receive", summary="Take an event from a producer")
 async def receive(request: Request, runtime: RuntimeDep, caller: CallerDep) -> Response:
     """Records the event in the outbox; the body of the answer is its id, as bare text."""
@@ -200,8 +207,14 @@ def _time_of(value: Any) -> datetime | None:
 
 
 def _project_of(data: Any) -> str | None:
-    """The project an ingest event's metadata names, so its members may read the event."""
+    """The project an ingest event's metadata names, so its members may read the event.
+
+    Conveyor and the current metadata service name it ``Transactions.project``; the published
+    ``events.json`` example and older producers use ``Transactions.proposal``.
+    """
     project = metadata_value(data, "Transactions.project")
+    if project is None:
+        project = metadata_value(data, "Transactions.proposal")
     return str(project) if project is not None else None
 
 
