@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     consumer_timeout_seconds: float = Field(3600.0, gt=0)
     consumer_memory_bytes: int = Field(4 * 1024**3, ge=64 * 1024**2)
     consumer_max_depth: int = Field(5, ge=1, le=100)
+    # Every run's largest file, open files, and what ``DST/uploads`` may hold to publish.
+    consumer_file_bytes: int = Field(16 * 1024**3, ge=1024**2)
+    consumer_open_files: int = Field(1024, ge=64, le=1024**2)
+    consumer_uploads_bytes: int = Field(64 * 1024**3, ge=1)
 
     db_connect_attempts: int = Field(
         10,

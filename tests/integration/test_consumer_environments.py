@@ -10,7 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conveyor.client.api import ConveyorClient
+from conveyor.client.bundler import BundleStream, collect, metadata_fields
 from conveyor.consumers.environments import ConsumerSetupError, build_environment, shim_wheelhouse
+from conveyor.consumers.provenance import CONSUMER, DERIVED_FROM, LINEAGE
 from tests.support.server import running_server
 
 # The requirements.txt of the consumer document's example, as published.
@@ -90,25 +93,44 @@ def test_the_stand_in_library_downloads_and_uploads_through_a_server(
         "job = upload(sys.argv[2], attributes, {'Transactions._id': event['eventID']}).get()\n"
         "print(json.dumps(job))\n"
     )
-    with running_server(tmp_path / "server") as url:
-        done = subprocess.run(
+
+    def run(url: str, provenance: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [str(environment.python), "-c", script, str(src), str(dst)],
             capture_output=True,
             text=True,
             check=False,
             timeout=120,
-            env={
-                **os.environ,
-                "CONVEYOR_URL": url,
-                "CONVEYOR_PROVENANCE": json.dumps({"conveyor.consumer": "upper"}),
-            },
+            env={**os.environ, "CONVEYOR_URL": url, "CONVEYOR_PROVENANCE": json.dumps(provenance)},
         )
+
+    with running_server(tmp_path / "server") as url:
+        stream = BundleStream(
+            collect([src / "notification.json"]), metadata_fields("p1", None, [], None)
+        )
+        with ConveyorClient(url) as client:
+            made = client.wait(int(client.upload(stream.chunks(), stream.length())["id"]))
+        # what a run of `consumer serve` sends: the server computes the lineage itself
+        sent = {CONSUMER: "upper", DERIVED_FROM: str(made["transaction_id"]), LINEAGE: "[]"}
+        done = run(url, sent)
         assert done.returncode == 0, done.stderr
         job = json.loads(done.stdout)
         assert job["state"] == "succeeded"
         transaction = httpx.get(f"{url}/api/v1/transactions/{job['transaction_id']}").json()
+        # an input that is not there is refused, and the error says why
+        refused = run(url, {CONSUMER: "upper", DERIVED_FROM: "999999"})
+    assert refused.returncode == 1
+    assert (
+        "POST /api/v1/ingest: 400 conveyor.derived_from '999999' is not a transaction you may"
+        in refused.stderr
+    )
     assert transaction["project"] == "p1"
     paths = sorted(f"{f['subdir']}/{f['name']}".lstrip("/") for f in transaction["files"])
     assert paths == ["a/b/upper.txt", "top.csv"]
     key_values = {kv["key"]: kv["value"] for kv in transaction["key_values"]}
-    assert key_values == {"Transactions._id": "e-1", "conveyor.consumer": "upper"}
+    assert key_values == {
+        "Transactions._id": "e-1",
+        CONSUMER: "upper",
+        DERIVED_FROM: str(made["transaction_id"]),
+        LINEAGE: '["upper"]',
+    }

@@ -49,6 +49,63 @@ WRITER = (
     "(uploads / 'note.txt').write_bytes(b'made by the writer\\n')\n"
 )
 QUIET = "print('looked, wrote nothing')\n"
+# Publishes through the ingest API itself, with its run's token and forged provenance (a
+# lineage that would make its output look like original data), and waits for the job.
+DIRECT = """import io, json, os, sys, tarfile, time, urllib.request
+from pathlib import Path
+
+event = json.loads((Path(sys.argv[1]) / "notification.json").read_text())
+project = next(
+    entry["value"] for entry in event["data"]
+    if entry.get("destinationTable") == "Transactions.project"
+)
+data = b"made directly\\n"
+metadata = [
+    {"destinationTable": "Transactions.project", "value": project},
+    {"destinationTable": "Files", "name": "direct.txt", "subdir": "", "size": len(data)},
+    {"destinationTable": "TransactionKeyValue", "key": "conveyor.lineage", "value": "[]"},
+    {"destinationTable": "TransactionKeyValue", "key": "conveyor.consumer", "value": "other"},
+]
+bundle = io.BytesIO()
+with tarfile.open(fileobj=bundle, mode="w") as tar:
+    for name, body in (("metadata.txt", json.dumps(metadata).encode()), ("data/direct.txt", data)):
+        info = tarfile.TarInfo(name)
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+
+
+def call(method, path, body=None):
+    request = urllib.request.Request(
+        os.environ["CONVEYOR_URL"] + path,
+        data=body,
+        method=method,
+        headers={"Authorization": "Bearer " + os.environ["CONVEYOR_TOKEN"]},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.load(answer)
+
+
+job = call("POST", "/api/v1/ingest", bundle.getvalue())
+while not job["complete"]:
+    time.sleep(0.1)
+    job = call("GET", f"/api/v1/jobs/{job['id']}")
+assert job["state"] == "succeeded", job
+"""
+# The module server's limits on a run's largest file and on what it may publish in all.
+FILE_LIMIT = 1024 * 1024
+UPLOADS_LIMIT = 2 * 1024 * 1024
+# Given big.txt, writes one file past the file limit; otherwise three that each fit but
+# together pass the uploads limit.
+GREEDY = f"""import sys
+from pathlib import Path
+
+src, uploads = Path(sys.argv[1]), Path(sys.argv[2]) / "uploads"
+if (src / "downloads" / "big.txt").exists():
+    (uploads / "big.bin").write_bytes(b"x" * {FILE_LIMIT + 1})
+else:
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (uploads / name).write_bytes(b"x" * {FILE_LIMIT - 1})
+"""
 FAILING = (
     "import sys\n"
     "print('about to fail', flush=True)\n"
@@ -87,7 +144,10 @@ def consumer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def url(tmp_path_factory: pytest.TempPathFactory, consumer_dir: Path) -> Iterator[str]:
     """One running server for the module (auth none: every caller is an admin)."""
     with running_server(
-        tmp_path_factory.mktemp("server"), consumer_dir=str(consumer_dir)
+        tmp_path_factory.mktemp("server"),
+        consumer_dir=str(consumer_dir),
+        consumer_file_bytes=str(FILE_LIMIT),
+        consumer_uploads_bytes=str(UPLOADS_LIMIT),
     ) as running:
         yield running
 
@@ -338,6 +398,58 @@ def test_files_left_in_uploads_are_published_and_a_run_that_writes_nothing_publi
     assert answer_on(http, writer, made["id"]) == (
         "skipped: consumer 'writer' made this data (lineage writer)"
     )
+
+
+def test_a_consumer_posting_to_the_api_itself_is_stamped_and_not_triggered_again(
+    http: httpx.Client, url: str, consumers: Consumers, tmp_path: Path
+) -> None:
+    project = "proj-direct"
+    view = consumers.ready("direct", script_zip(tmp_path, "direct", DIRECT, project))
+    original = upload(url, tmp_path / "in", {"x.txt": b"input\n"}, project, "inst-d")
+
+    job = run_on(http, view, original)
+    assert job["state"] == "succeeded", job
+    # the run ends with the transaction the consumer made, stamped by the server
+    made = transaction(http, job["transaction_id"])
+    assert made["id"] != original
+    assert file_paths(made) == ["direct.txt"]
+    stamped = [(row["key"], row["value"]) for row in made["key_values"]]
+    assert sorted(stamped) == [
+        ("conveyor.consumer", "direct"),
+        ("conveyor.consumer.run", str(job["id"])),
+        ("conveyor.consumer.version", view["version"]),
+        ("conveyor.derived_from", str(original)),
+        ("conveyor.lineage", '["direct"]'),
+    ]
+    assert answer_on(http, view, made["id"]) == (
+        "skipped: consumer 'direct' made this data (lineage direct)"
+    )
+
+
+def test_a_file_past_the_size_limit_and_outputs_past_the_total_fail_the_run(
+    http: httpx.Client, url: str, consumers: Consumers, tmp_path: Path
+) -> None:
+    project = "proj-greedy"
+    view = consumers.ready("greedy", script_zip(tmp_path, "greedy", GREEDY, project))
+    big = upload(url, tmp_path / "big", {"big.txt": b"one big file\n"}, project, "inst-g")
+    many = upload(url, tmp_path / "many", {"many.txt": b"many files\n"}, project, "inst-g")
+
+    too_big = run_on(http, view, big)
+    assert (too_big["state"], too_big["task"]) == ("failed", "run consumer"), too_big
+    assert too_big["error"].startswith(
+        f"exit status 1 (DST/uploads/big.bin reached the limit of {FILE_LIMIT} bytes on a "
+        "file's size); stderr: "
+    ), too_big["error"]
+    assert "File too large" in too_big["error"]
+    assert too_big["transaction_id"] is None
+
+    too_much = run_on(http, view, many)
+    assert (too_much["state"], too_much["task"]) == ("failed", "publish outputs"), too_much
+    assert too_much["error"] == (
+        f"DST/uploads holds {3 * (FILE_LIMIT - 1)} bytes in 3 files, over the limit of "
+        f"{UPLOADS_LIMIT} bytes a run may publish"
+    )
+    assert too_much["transaction_id"] is None
 
 
 def test_a_consumer_that_exits_non_zero_fails_its_job_with_its_stderr(

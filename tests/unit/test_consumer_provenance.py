@@ -116,3 +116,17 @@ def test_an_output_is_refused_to_the_consumer_that_made_it() -> None:
     event = {"data": [kv(key, value) for key, value in made.items()]}
     assert Lineage.of_document(event).refusal("upper", False, 5) is not None
     assert Lineage.of_document(event).refusal("lower", False, 5) is None
+
+
+def test_of_several_lineages_the_longest_counts_so_none_resets_the_depth() -> None:
+    pairs = [(LINEAGE, '["a", "b"]'), (LINEAGE, "[]"), (LINEAGE, "not json"), (LINEAGE, '["c"]')]
+    assert Lineage.from_key_values(pairs).consumers == ("a", "b")
+    assert Lineage.from_key_values(reversed(pairs)).consumers == ("a", "b")
+
+
+def test_a_lineage_extended_by_a_consumer_reads_back_as_written() -> None:
+    extended = Lineage(("clean",)).then("upper")
+    assert extended == Lineage(("clean", "upper"))
+    assert extended.text() == '["clean", "upper"]'
+    assert Lineage.from_key_values([(LINEAGE, extended.text())]) == extended
+    assert Lineage().text() == "[]"

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conveyor.consumers.environments import Environment
 from conveyor.consumers.workspace import (
     ConsumerFailed,
     InputFile,
+    RunLimits,
     Workspace,
     input_files,
     lay_out,
     outputs,
+    publishable,
+    run_entry_point,
 )
 
 
@@ -213,3 +218,67 @@ def test_a_subdir_with_leading_or_trailing_dots_is_kept(tmp_path: Path) -> None:
     space = Workspace(tmp_path / "run")
     make_outputs(space, {".hidden/a.txt": "a", "v1./b.txt": "b"})
     assert [subdir for _, subdir in outputs(space)] == [".hidden", "v1."]
+
+
+def test_publishable_outputs_are_refused_over_the_total_limit(tmp_path: Path) -> None:
+    space = Workspace(tmp_path / "run")
+    make_outputs(space, {"a.txt": "x" * 600, "b/c.txt": "y" * 400})
+    assert [subdir for _, subdir in publishable(space, 1000)] == ["", "b"]
+    with pytest.raises(ConsumerFailed) as refused:
+        publishable(space, 999)
+    assert str(refused.value) == (
+        "DST/uploads holds 1000 bytes in 2 files, over the limit of 999 bytes a run may publish"
+    )
+
+
+LIMITS = RunLimits(
+    timeout_seconds=60,
+    memory_bytes=2 * 1024**3,
+    file_bytes=64 * 1024,
+    open_files=100,
+    uploads_bytes=1024**2,
+)
+# Records the limits it runs under, then writes a file one byte over the file limit.
+OVER_THE_FILE_LIMIT = f"""import json, resource, sys
+from pathlib import Path
+uploads = Path(sys.argv[2]) / "uploads"
+kinds = ("RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_CORE")
+seen = {{kind: resource.getrlimit(getattr(resource, kind)) for kind in kinds}}
+(uploads / "limits.json").write_text(json.dumps(seen))
+(uploads / "big.bin").write_bytes(b"x" * {LIMITS.file_bytes + 1})
+"""
+
+
+def run_script(tmp_path: Path, script: str, limits: RunLimits) -> None:
+    """Run ``script`` as a consumer (with this interpreter's environment) under ``limits``."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "__main__.py").write_text(script)
+    space = lay_out(tmp_path / "run", {"eventID": "e"}, [], fetch_by_id)
+    run_entry_point(Environment(Path(sys.prefix)), code, space, variables={}, limits=limits)
+
+
+def test_a_run_gets_its_limits_and_a_file_over_the_size_limit_fails_it(tmp_path: Path) -> None:
+    with pytest.raises(ConsumerFailed) as failed:
+        run_script(tmp_path, OVER_THE_FILE_LIMIT, LIMITS)
+    message = str(failed.value)
+    assert message.startswith(
+        "exit status 1 (DST/uploads/big.bin reached the limit of 65536 bytes on a file's "
+        "size); stderr: "
+    ), message
+    assert "File too large" in message
+    uploads = Workspace(tmp_path / "run").uploads
+    assert (uploads / "big.bin").stat().st_size == LIMITS.file_bytes
+    seen = json.loads((uploads / "limits.json").read_text())
+    assert seen == {
+        "RLIMIT_AS": [LIMITS.memory_bytes] * 2,
+        "RLIMIT_FSIZE": [LIMITS.file_bytes] * 2,
+        "RLIMIT_NOFILE": [LIMITS.open_files] * 2,
+        "RLIMIT_CORE": [0, 0],
+    }
+
+
+def test_too_many_open_files_fail_a_run(tmp_path: Path) -> None:
+    script = "import os\nfiles = [open(os.devnull) for _ in range(200)]\n"
+    with pytest.raises(ConsumerFailed, match=r"(?s)exit status 1;.*Too many open files"):
+        run_script(tmp_path, script, LIMITS)

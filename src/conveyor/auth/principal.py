@@ -14,6 +14,9 @@ class Principal:
     authenticated: bool
     # A scoped token's scope (see conveyor.auth.scopes); None for a full token.
     scope: str | None = None
+    # The consumer run (job id) whose token made the request: its ingests record that run's
+    # provenance. Set with auth off too, where the token is not needed to get in.
+    run_job: int | None = None
 
     def may_see(self, owner: str) -> bool:
         """Users see what they own; admins see everything."""

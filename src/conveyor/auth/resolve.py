@@ -48,15 +48,36 @@ def _trusted(settings: Settings, client_host: str | None) -> bool:
     )
 
 
-def anonymous(settings: Settings) -> Principal:
+def anonymous(settings: Settings, run_job: int | None = None) -> Principal:
     """The principal of every request when auth is ``none``: the default user, as admin."""
-    return Principal(settings.default_user, admin=True, authenticated=False)
+    return Principal(settings.default_user, admin=True, authenticated=False, run_job=run_job)
+
+
+def anonymous_run(settings: Settings, db: Database, headers: Mapping[str, str]) -> Principal:
+    """With auth ``none``: the anonymous principal, tied to the consumer run whose token the
+    request carries (a run's ingest records its provenance even where no token is needed)."""
+    try:
+        secret = _bearer(headers)
+    except Unauthorized:  # credentials are not looked at with auth off
+        return anonymous(settings)
+    if secret is None or not secret.startswith(PREFIX):
+        return anonymous(settings)
+    with db.session() as session:
+        token = lookup(session, secret)
+        run_job = token.run_job_id if token is not None and token.scope is not None else None
+    return anonymous(settings, run_job)
 
 
 def _token_principal(session: Session, token: ApiToken) -> Principal:
     """Whom a token speaks for; a scoped token never as an admin."""
     if token.scope is not None:
-        return Principal(token.user_id, admin=False, authenticated=True, scope=token.scope)
+        return Principal(
+            token.user_id,
+            admin=False,
+            authenticated=True,
+            scope=token.scope,
+            run_job=token.run_job_id,
+        )
     user = session.get(User, token.user_id)
     admin = token.admin or bool(user and user.admin)
     return Principal(token.user_id, admin=admin, authenticated=True)
@@ -79,7 +100,7 @@ def authenticate(
 ) -> Principal:
     """The principal making the request, or :class:`Unauthorized` saying what is missing."""
     if settings.auth == "none":
-        return anonymous(settings)
+        return anonymous_run(settings, db, headers)
     if settings.auth == "token":
         secret = _bearer(headers)
         if secret is None:

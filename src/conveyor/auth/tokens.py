@@ -40,11 +40,13 @@ def create_token(
     *,
     scope: str | None = None,
     expires_at: datetime | None = None,
+    run_job_id: int | None = None,
 ) -> IssuedToken:
     """Issue a token for ``user``, registering the user if needed.
 
     A ``scope`` limits the token to that scope's routes (and never makes it an admin's);
-    ``expires_at`` ends it without a revocation.
+    ``expires_at`` ends it without a revocation; ``run_job_id`` names the consumer run a
+    scoped token speaks for (its ingests record that run's provenance).
     """
     admin = admin and scope is None
     if session.get(User, user) is None:
@@ -57,6 +59,7 @@ def create_token(
         label=label,
         scope=scope,
         expires_at=expires_at,
+        run_job_id=run_job_id,
     )
     session.add(row)
     session.flush()

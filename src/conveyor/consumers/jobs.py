@@ -4,8 +4,9 @@ A matching event reaches the consumer's internal target, which records one run p
 (consumer, event) and queues a ``consumer.run`` job on the consumers' own lane, unless
 the input's provenance says the consumer made it (or the chain is too deep). The run lays
 out SRC and DST, runs the entry point under its limits with a token that may only
-publish and read, and publishes ``DST/uploads`` as a linked transaction, unless the
-consumer published itself through ``upload()`` (its transaction names the run).
+publish and read (and whatever it ingests records the run's provenance), and publishes
+``DST/uploads`` as a linked transaction, unless the consumer published itself (its
+transaction names the run).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from conveyor.consumers.provenance import Lineage
 from conveyor.consumers.workspace import (
     ConsumerFailed,
     InputFile,
+    RunLimits,
     input_files,
     lay_out,
     run_entry_point,
@@ -42,6 +44,7 @@ from conveyor.db.models import (
     Consumer,
     ConsumerRun,
     File,
+    Job,
     OutboxEvent,
     Transaction,
     TransactionKeyValue,
@@ -51,6 +54,7 @@ from conveyor.events.internal import internal_target
 from conveyor.events.outbox import EventRecord
 from conveyor.events.shapes import document
 from conveyor.events.sinks import Outcome
+from conveyor.ingest.provenance import PAYLOAD_KEY
 from conveyor.jobs import service as jobs
 from conveyor.jobs import states
 from conveyor.jobs.context import JobContext
@@ -168,7 +172,7 @@ def run_consumer(context: JobContext) -> None:
         if event is None:
             raise StepFailed("load event", f"event {payload['event_id']} no longer exists")
         doc = document(event, "pacifica", {})
-        settings = _RunSettings.of(consumer)
+        settings = _RunSettings.of(consumer, runtime)
         lineage = Lineage.of_transaction(session, input_id) if input_id else Lineage()
         origin = session.get(Transaction, input_id) if input_id else None
         attributes = (origin.project, origin.instrument) if origin else (None, None)
@@ -179,6 +183,7 @@ def run_consumer(context: JobContext) -> None:
     root = consumer_home(runtime) / "runs" / f"job-{context.job_id}"
     shutil.rmtree(root, ignore_errors=True)
     values = lineage.provenance(name, settings.sha256[:12], context.job_id, input_id)
+    _record_provenance(runtime, context.job_id, values)
     token_id, secret = _run_token(runtime, settings, name, context.job_id)
     try:
         with context.step("download inputs"):
@@ -195,14 +200,14 @@ def run_consumer(context: JobContext) -> None:
                         "CONVEYOR_PROVENANCE": json.dumps(values),
                         "CONVEYOR_CONSUMER": name,
                     },
-                    timeout=settings.timeout_seconds,
-                    memory_bytes=settings.memory_bytes,
+                    limits=settings.limits,
                     still_wanted=context.check_lease,
                 )
             except ConsumerFailed as error:
                 raise StepFailed("run consumer", str(error)) from None
         if not _finish_if_published(context, input_id):
-            publish_outputs(context, space, settings.owner, attributes, values)
+            uploads_bytes = settings.limits.uploads_bytes
+            publish_outputs(context, space, settings.owner, attributes, values, uploads_bytes)
     finally:
         _revoke(runtime, token_id)
         shutil.rmtree(root, ignore_errors=True)
@@ -210,16 +215,23 @@ def run_consumer(context: JobContext) -> None:
 
 @dataclass(frozen=True)
 class _RunSettings:
-    """The consumer's row as a run needs it, read once."""
+    """The consumer's row and the server's run limits, as a run needs them, read once."""
 
     owner: str
     sha256: str
-    timeout_seconds: float
-    memory_bytes: int
+    limits: RunLimits
 
     @classmethod
-    def of(cls, row: Consumer) -> _RunSettings:
-        return cls(row.owner, row.sha256, row.timeout_seconds, row.memory_bytes)
+    def of(cls, row: Consumer, runtime: Runtime) -> _RunSettings:
+        server = runtime.settings
+        limits = RunLimits(
+            timeout_seconds=row.timeout_seconds,
+            memory_bytes=row.memory_bytes,
+            file_bytes=server.consumer_file_bytes,
+            open_files=server.consumer_open_files,
+            uploads_bytes=server.consumer_uploads_bytes,
+        )
+        return cls(row.owner, row.sha256, limits)
 
 
 def _archive_fetcher(runtime: Runtime, input_id: int | None) -> Callable[[InputFile, Path], None]:
@@ -243,15 +255,25 @@ def _archive_fetcher(runtime: Runtime, input_id: int | None) -> Callable[[InputF
     return fetch
 
 
+def _record_provenance(runtime: Runtime, job_id: int, values: dict[str, str]) -> None:
+    """Keep the run's provenance on its job: what its token ingests records, whatever the
+    consumer sends (see :mod:`conveyor.ingest.provenance`)."""
+    with runtime.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None  # the job being run
+        job.payload = {**job.payload, PAYLOAD_KEY: values}
+
+
 def _run_token(runtime: Runtime, settings: _RunSettings, name: str, job_id: int) -> tuple[int, str]:
-    expires = utcnow() + timedelta(seconds=settings.timeout_seconds + TOKEN_MARGIN_SECONDS)
+    lifetime = settings.limits.timeout_seconds + TOKEN_MARGIN_SECONDS
     with runtime.db.session() as session:
         issued = tokens.create_token(
             session,
             settings.owner,
             label=f"consumer {name} run {job_id}",
             scope=CONSUMER_RUN,
-            expires_at=expires,
+            expires_at=utcnow() + timedelta(seconds=lifetime),
+            run_job_id=job_id,
         )
     return issued.id, issued.secret
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import mimetypes
 from datetime import UTC, datetime
 
-from conveyor.consumers.workspace import ConsumerFailed, Workspace, outputs
+from conveyor.consumers.workspace import ConsumerFailed, Workspace, publishable
 from conveyor.ingest.metadata import BundleMetadata, FileEntry
 from conveyor.ingest.move import MoveRefused, copy_into_archive, staged_from
 from conveyor.ingest.service import publish
@@ -29,10 +29,12 @@ def publish_outputs(
     owner: str,
     attributes: tuple[str | None, str | None],
     key_values: dict[str, str],
+    max_bytes: int,
 ) -> None:
     """Publish ``DST/uploads`` (project and instrument of the input) and end the job.
 
-    A run that wrote nothing ends without a transaction.
+    A run that wrote nothing ends without a transaction; one that wrote more than
+    ``max_bytes`` in all fails, before anything is copied.
     """
     runtime = context.runtime
     project, instrument = attributes
@@ -40,7 +42,7 @@ def publish_outputs(
         staging = StagingBuffer(runtime.db, context.job_id)
         entries: list[FileEntry] = []
         try:
-            for path, subdir in outputs(space):
+            for path, subdir in publishable(space, max_bytes):
                 status = path.stat()
                 entry = _entry(path.name, subdir, status.st_size, status.st_mtime)
                 stored = copy_into_archive(runtime.archive, entry, path)

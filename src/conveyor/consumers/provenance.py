@@ -4,6 +4,8 @@ A transaction a consumer publishes records the consumer, its version, the run (j
 the input transaction, and its lineage: the consumers that made it, oldest first. A
 consumer is not run on a transaction its own lineage names (its outputs, directly or
 through a chain of consumers) unless it allows that, and never past its depth limit.
+The server records these key-values itself (see :mod:`conveyor.ingest.provenance`); what
+a client sends under ``conveyor.`` is replaced or refused.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ VERSION = "conveyor.consumer.version"
 RUN = "conveyor.consumer.run"
 DERIVED_FROM = "conveyor.derived_from"
 LINEAGE = "conveyor.lineage"
+# Every key under this prefix is the server's to record.
+RESERVED_PREFIX = "conveyor."
+KEYS = (CONSUMER, VERSION, RUN, DERIVED_FROM, LINEAGE)
 
 
 @dataclass(frozen=True)
@@ -39,28 +44,34 @@ class Lineage:
 
     @classmethod
     def from_key_values(cls, pairs: Iterable[tuple[Any, Any]]) -> Lineage:
-        """The lineage a transaction's key-values record (a malformed one counts as empty)."""
-        for key, value in pairs:
-            if key != LINEAGE:
-                continue
-            try:
-                names = json.loads(str(value))
-            except ValueError:
-                return cls()
-            if isinstance(names, list):
-                return cls(tuple(str(name) for name in names))
-        return cls()
+        """The lineage the key-values record; a malformed one counts as empty.
+
+        Should there be several (data from before the server kept one), the longest wins:
+        a shorter one must not reset the depth or hide a consumer.
+        """
+        found = [cls._parse(value) for key, value in pairs if key == LINEAGE]
+        return max(found, key=lambda lineage: lineage.depth, default=cls())
+
+    @classmethod
+    def _parse(cls, value: Any) -> Lineage:
+        try:
+            names = json.loads(str(value))
+        except ValueError:
+            return cls()
+        return cls(tuple(str(name) for name in names)) if isinstance(names, list) else cls()
 
     @classmethod
     def of_transaction(cls, session: Session, transaction_id: int) -> Lineage:
         """The lineage of a stored transaction."""
-        value = session.scalar(
-            select(TransactionKeyValue.value).where(
+        values = session.scalars(
+            select(TransactionKeyValue.value)
+            .where(
                 TransactionKeyValue.transaction_id == transaction_id,
                 TransactionKeyValue.key == LINEAGE,
             )
+            .order_by(TransactionKeyValue.id)
         )
-        return cls.from_key_values([(LINEAGE, value)] if value is not None else [])
+        return cls.from_key_values((LINEAGE, value) for value in values)
 
     @classmethod
     def of_document(cls, document: dict[str, Any]) -> Lineage:
@@ -79,6 +90,14 @@ class Lineage:
             return f"consumer {consumer!r} made this data (lineage {chain})"
         return None
 
+    def then(self, consumer: str) -> Lineage:
+        """The lineage of what ``consumer`` makes from data of this lineage."""
+        return Lineage((*self.consumers, consumer))
+
+    def text(self) -> str:
+        """The lineage as its key-value records it (a JSON list)."""
+        return json.dumps(list(self.consumers))
+
     def provenance(
         self, consumer: str, version: str, run: int | str, input_transaction: int | None
     ) -> dict[str, str]:
@@ -87,7 +106,7 @@ class Lineage:
             CONSUMER: consumer,
             VERSION: version,
             RUN: str(run),
-            LINEAGE: json.dumps([*self.consumers, consumer]),
+            LINEAGE: self.then(consumer).text(),
         }
         if input_transaction is not None:
             values[DERIVED_FROM] = str(input_transaction)

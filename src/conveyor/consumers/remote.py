@@ -34,10 +34,11 @@ from conveyor.consumers.registry import DEFAULT_FILTER
 from conveyor.consumers.workspace import (
     ConsumerFailed,
     InputFile,
+    RunLimits,
     Workspace,
     input_files,
     lay_out,
-    outputs,
+    publishable,
     run_entry_point,
 )
 from conveyor.ingest.events import metadata_value
@@ -64,6 +65,20 @@ class RemoteOptions:
     max_depth: int = 5
     timeout_seconds: float = 3600.0
     memory_bytes: int = 4 * 1024**3
+    file_bytes: int = 16 * 1024**3
+    open_files: int = 1024
+    uploads_bytes: int = 64 * 1024**3
+
+    @property
+    def limits(self) -> RunLimits:
+        """What each run may use."""
+        return RunLimits(
+            self.timeout_seconds,
+            self.memory_bytes,
+            self.file_bytes,
+            self.open_files,
+            self.uploads_bytes,
+        )
 
 
 class RemoteConsumer:
@@ -218,8 +233,7 @@ class RemoteConsumer:
                     "CONVEYOR_CONSUMER": self.name,
                     "CONVEYOR_RUN_RECORD": str(record),
                 },
-                timeout=self.options.timeout_seconds,
-                memory_bytes=self.options.memory_bytes,
+                limits=self.options.limits,
             )
             if record.exists():
                 job = json.loads(record.read_text(encoding="utf-8"))
@@ -258,7 +272,7 @@ class RemoteConsumer:
                 path.stat().st_size,
                 int(path.stat().st_mtime),
             )
-            for path, subdir in outputs(space)
+            for path, subdir in publishable(space, self.options.uploads_bytes)
         ]
         if not files:
             return None

@@ -3,9 +3,9 @@
 ``SRC/notification.json`` holds the event; ``SRC/downloads/<subdir>/<name>`` the input
 transaction's files; ``DST/uploads/`` the same folder tree, empty, since published
 consumers write into it without making folders. The entry point runs as
-``python __main__.py SRC DST`` in the consumer's venv, in its own process group, with a
-memory limit and a timeout; it sees none of the server's ``CONVEYOR_*`` settings, only
-what the run gives it.
+``python __main__.py SRC DST`` in the consumer's venv, in its own process group, within
+:class:`RunLimits`; it sees none of the server's ``CONVEYOR_*`` settings, only what the
+run gives it.
 """
 
 from __future__ import annotations
@@ -29,18 +29,37 @@ STDERR_TAIL = 4000
 POLL_SECONDS = 0.05
 KILL_GRACE_SECONDS = 5.0
 # Sets the limits inside the child, then becomes the consumer: no preexec_fn, which is
-# unsafe in a threaded server.
+# unsafe in a threaded server. A limit above the hard one this process may not raise is
+# lowered to it. Python ignores SIGXFSZ, so a write past the file limit fails with EFBIG.
 LIMITED_START = (
     "import os, resource, sys\n"
-    "memory = int(sys.argv[1])\n"
-    "resource.setrlimit(resource.RLIMIT_AS, (memory, memory))\n"
+    "def limit(kind, value):\n"
+    "    hard = resource.getrlimit(kind)[1]\n"
+    "    value = value if hard == resource.RLIM_INFINITY else min(value, hard)\n"
+    "    resource.setrlimit(kind, (value, value))\n"
+    "memory, file_bytes, open_files = (int(value) for value in sys.argv[1:4])\n"
+    "limit(resource.RLIMIT_AS, memory)\n"
+    "limit(resource.RLIMIT_FSIZE, file_bytes)\n"
+    "limit(resource.RLIMIT_NOFILE, open_files)\n"
     "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[4:]])\n"
 )
 
 
 class ConsumerFailed(Exception):
     """The consumer's process failed; the message says how, with the end of its stderr."""
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What one run may use: wall time, address space, the largest file it may write, open
+    files, and the total of ``DST/uploads`` that is published for it."""
+
+    timeout_seconds: float
+    memory_bytes: int
+    file_bytes: int
+    open_files: int
+    uploads_bytes: int
 
 
 @dataclass(frozen=True)
@@ -123,8 +142,7 @@ def run_entry_point(
     space: Workspace,
     *,
     variables: Mapping[str, str],
-    timeout: float,
-    memory_bytes: int,
+    limits: RunLimits,
     still_wanted: Callable[[], None] = lambda: None,
 ) -> None:
     """Run ``python __main__.py SRC DST``; :class:`ConsumerFailed` unless it exits 0.
@@ -137,7 +155,9 @@ def run_entry_point(
         str(environment.python),
         "-c",
         LIMITED_START,
-        str(memory_bytes),
+        str(limits.memory_bytes),
+        str(limits.file_bytes),
+        str(limits.open_files),
         ENTRY_POINT,
         str(space.src),
         str(space.dst),
@@ -153,6 +173,7 @@ def run_entry_point(
             stderr=stderr,
             start_new_session=True,
         )
+    timeout = limits.timeout_seconds
     try:
         code_or_none = _wait(process, timeout, still_wanted)
     except BaseException:
@@ -167,7 +188,18 @@ def run_entry_point(
             if code_or_none < 0
             else f"exit status {code_or_none}"
         )
-        raise ConsumerFailed(f"{how}; {_tail(log)}")
+        raise ConsumerFailed(f"{how}{_file_limit_hint(space, limits.file_bytes)}; {_tail(log)}")
+
+
+def _file_limit_hint(space: Workspace, file_bytes: int) -> str:
+    """Why the run may have failed when one of its outputs reached the file size limit."""
+    for folder, _, names in os.walk(space.dst):  # links are not followed
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink() and path.stat().st_size >= file_bytes:
+                where = path.relative_to(space.root).as_posix()
+                return f" ({where} reached the limit of {file_bytes} bytes on a file's size)"
+    return ""
 
 
 def outputs(space: Workspace) -> Iterator[tuple[Path, str]]:
@@ -189,6 +221,19 @@ def outputs(space: Workspace) -> Iterator[tuple[Path, str]]:
         for name in dirs:
             if (here / name).is_symlink():
                 raise ConsumerFailed(f"output {(here / name).relative_to(space.uploads)} is a link")
+
+
+def publishable(space: Workspace, max_bytes: int) -> list[tuple[Path, str]]:
+    """The outputs to publish (see :func:`outputs`); :class:`ConsumerFailed` when together
+    they exceed ``max_bytes``."""
+    found = list(outputs(space))
+    total = sum(path.stat().st_size for path, _ in found)
+    if total > max_bytes:
+        raise ConsumerFailed(
+            f"DST/uploads holds {total} bytes in {len(found)} files, over the limit of "
+            f"{max_bytes} bytes a run may publish"
+        )
+    return found
 
 
 def _wait(

@@ -227,6 +227,9 @@ class ApiToken(Base):
     # A token limited to some routes (a consumer run's: publish and read), or None.
     scope: Mapped[str | None] = mapped_column(String(32), default=None)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The consumer run (its job) a consumer-run token was issued to: what it ingests records
+    # that run's provenance, whatever the bundle says.
+    run_job_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class OutboxEvent(Base):

@@ -7,6 +7,7 @@ import time
 from conveyor.ingest.metadata import BundleMetadata, MetadataError, check_mimetypes
 from conveyor.ingest.move import MoveRefused, copy_into_archive, resolve_source, staged_from
 from conveyor.ingest.policy import PolicyError, check_strict
+from conveyor.ingest.provenance import PAYLOAD_KEY, apply
 from conveyor.ingest.service import (
     KIND_INGEST,
     KIND_MOVE,
@@ -107,6 +108,8 @@ def _load(context: JobContext) -> BundleMetadata:
             metadata = load_metadata(context)
         except MetadataError as exc:
             raise StepFailed("load metadata", str(exc)) from None
+        # What the server resolved when the request came, never the bundle's own.
+        metadata.key_values = apply(metadata.key_values, context.payload.get(PAYLOAD_KEY) or {})
         if not metadata.project:
             raise StepFailed("load metadata", "metadata names no Transactions.project")
     return metadata

@@ -24,6 +24,7 @@ from conveyor.ingest.bundle import (
 )
 from conveyor.ingest.metadata import BundleMetadata, MetadataError, parse_metadata
 from conveyor.ingest.policy import record_names
+from conveyor.ingest.provenance import PAYLOAD_KEY, ProvenanceRefused, resolve
 from conveyor.ingest.staging import (
     METADATA_KEY,
     StagedFile,
@@ -100,12 +101,17 @@ class _ProgressReader:
 
 
 def receive_bundle(
-    runtime: Runtime, job_id: int, stream: IO[bytes], content_length: int | None
+    runtime: Runtime,
+    principal: Principal,
+    job_id: int,
+    stream: IO[bytes],
+    content_length: int | None,
 ) -> None:
     """Stream a bundle into the archive for ``job_id``, then queue the job or fail it.
 
     Runs in the API process while the request body arrives; the bundle never touches a
-    local disk except as archive blobs.
+    local disk except as archive blobs. A bundle whose ``conveyor.`` key-values cannot be
+    recorded fails its job and raises :class:`ProvenanceRefused` (a 400 for the client).
     """
     staging = StagingBuffer(runtime.db, job_id)
 
@@ -129,13 +135,31 @@ def receive_bundle(
         raise
     staging.flush()
     _stage_metadata_of(runtime, job_id, reader)
+    assert summary.metadata is not None  # the reader refuses a bundle without one
+    try:
+        recorded = _provenance(runtime, principal, summary.metadata.key_values)
+    except ProvenanceRefused as refused:
+        fail_received(runtime, job_id, "load metadata", refused.message)
+        raise
     with runtime.db.session() as session:
         job = session.get(Job, job_id)
         assert job is not None
         job.state = states.QUEUED
         job.task_percent = 0.0
-        job.payload = {**job.payload, "metadata_sha256": summary.metadata_sha256}
+        job.payload = {
+            **job.payload,
+            "metadata_sha256": summary.metadata_sha256,
+            PAYLOAD_KEY: recorded,
+        }
     runtime.submit(job_id)
+
+
+def _provenance(
+    runtime: Runtime, principal: Principal, key_values: list[tuple[str, str]]
+) -> dict[str, str]:
+    """The ``conveyor.`` key-values the ingest records (see :mod:`conveyor.ingest.provenance`)."""
+    with runtime.db.session() as session:
+        return resolve(session, principal, key_values)
 
 
 def _stage_metadata_of(runtime: Runtime, job_id: int, reader: BundleReader) -> None:
@@ -158,9 +182,15 @@ def submit_move(runtime: Runtime, principal: Principal, document: bytes) -> int:
 
     The job exists before its metadata is stored, so an archive that cannot be written
     fails the job at ``move files`` (as the published service does) instead of the request.
+    Key-values under ``conveyor.`` that cannot be recorded refuse the request first.
     """
+    try:
+        key_values = parse_metadata(document).key_values
+    except MetadataError:
+        key_values = []  # the job fails at ``load metadata``, saying why
+    payload = {**_payload(principal), PAYLOAD_KEY: _provenance(runtime, principal, key_values)}
     with runtime.db.session() as session:
-        job = jobs.create_job(session, KIND_MOVE, principal.user, _payload(principal), UPLOAD_TASK)
+        job = jobs.create_job(session, KIND_MOVE, principal.user, payload, UPLOAD_TASK)
         job.state = states.RECEIVING  # not runnable until its metadata is stored
         job_id = job.id
     metrics.JOBS_SUBMITTED.labels(kind=KIND_MOVE).inc()

@@ -9,6 +9,7 @@ from fastapi import Request
 
 from conveyor.auth.principal import Principal
 from conveyor.errors import BadRequest
+from conveyor.ingest.provenance import ProvenanceRefused
 from conveyor.ingest.service import receive_bundle, start_upload, submit_move
 from conveyor.runtime import Runtime
 from conveyor.web.body import BlockingBody
@@ -24,7 +25,13 @@ async def receive_upload(request: Request, runtime: Runtime, principal: Principa
     job_id = await to_thread.run_sync(start_upload, runtime, principal)
     body = BlockingBody(request.stream().__aiter__())
     stream = cast(IO[bytes], body)
-    await to_thread.run_sync(receive_bundle, runtime, job_id, stream, _length(request))
+    try:
+        await to_thread.run_sync(
+            receive_bundle, runtime, principal, job_id, stream, _length(request)
+        )
+    except ProvenanceRefused:
+        await body.drain()  # answer the refusal once the client has sent it all
+        raise
     await body.drain()
     return job_id
 

@@ -4,6 +4,9 @@ Conveyor runs a consumer as ``python __main__.py SRC DST`` with its inputs alrea
 in ``SRC/downloads`` and the event in ``SRC/notification.json``, and with these in the
 environment: ``CONVEYOR_URL`` and ``CONVEYOR_TOKEN`` (a token scoped to this run), and
 ``CONVEYOR_PROVENANCE`` (JSON key-values recorded on every transaction the run publishes).
+The server records a run's provenance itself, whatever a bundle says; the key-values are
+sent anyway for a producer that cannot tell (``conveyor consumer serve`` publishes with a
+user's token), and take the place of any the consumer passes under the same keys.
 
 ``download(SRC)`` resolves with the event. ``upload(DST, attributes, key_values)``
 publishes ``DST/uploads`` as a new transaction through Conveyor's ingest API, waits for it,
@@ -21,6 +24,7 @@ import os
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -63,7 +67,7 @@ def _publish(folder: Path, attributes: dict[str, Any], key_values: dict[str, Any
         {"destinationTable": name, "value": value} for name, value in attributes.items()
     ]
     provenance = json.loads(os.environ.get("CONVEYOR_PROVENANCE") or "{}")
-    for key, value in [*key_values.items(), *provenance.items()]:
+    for key, value in {**key_values, **provenance}.items():  # one value per key
         metadata.append(
             {"destinationTable": "TransactionKeyValue", "key": key, "value": str(value)}
         )
@@ -134,5 +138,16 @@ def _call(method: str, path: str, body: Any = None, size: int = 0) -> Any:
         request.add_header("Content-Type", "application/x-tar")
         request.add_header("Content-Length", str(size))
         request.data = body
-    with urllib.request.urlopen(request, timeout=600) as answer:  # noqa: S310 - checked
-        return json.load(answer)
+    try:
+        with urllib.request.urlopen(request, timeout=600) as answer:  # noqa: S310 - checked
+            return json.load(answer)
+    except urllib.error.HTTPError as error:  # the server's reason, not only its status
+        raise RuntimeError(f"{method} {path}: {error.code} {_reason(error)}") from None
+
+
+def _reason(error: urllib.error.HTTPError) -> str:
+    body = error.read().decode("utf-8", "replace")
+    try:
+        return str(json.loads(body)["detail"])
+    except (ValueError, KeyError, TypeError):
+        return body[:2000]
