@@ -10,6 +10,7 @@ once. Retry policies use ``wait_none`` so the whole module runs in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import itertools
@@ -260,6 +261,19 @@ def test_a_part_left_by_an_earlier_run_is_resumed(kind: Kind, tmp_path: Path) ->
     _assert_whole(result, wanted)
     assert (result.attempts, result.resumed) == (1, 1)
     assert _starts(kind, requests) == [100_000]
+
+
+def test_a_kept_part_is_whole_and_checked_under_its_part_name(tmp_path: Path) -> None:
+    """With ``keep_part`` (the archive takes the file by one rename) nothing is renamed."""
+    with _serve("http", tmp_path) as served:
+        served.info.faults.cut_after[NAME] = 300_000
+        wanted = dataclasses.replace(served.wanted(size=len(DATA)), keep_part=True)
+        result = _fetch(served, wanted, 3)
+    assert result.path == _part(wanted)
+    assert result.attempts == 2
+    assert (result.size, result.sha256) == (len(DATA), SHA256)
+    assert result.path.read_bytes() == DATA
+    assert not wanted.target.exists()
 
 
 # --- 3. and 4. throttling ---------------------------------------------------------------------

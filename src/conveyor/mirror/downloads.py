@@ -228,6 +228,7 @@ class Downloader:
                 row.size,
                 self.workdir / row.save_as,
                 digest=self._sidecar_digest(row.save_as),
+                keep_part=True,
             )
             fetched = fetch(
                 self._source(row.source_index),

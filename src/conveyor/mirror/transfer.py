@@ -38,18 +38,22 @@ RECOVER_AFTER = 20
 @dataclass(frozen=True)
 class Wanted:
     """A file to fetch: remote path, the name to report, the listed size, where to put it,
-    and the digest a sidecar (``.md5``, ``.sha256``) says it has, as ``(algorithm, hex)``."""
+    and the digest a sidecar (``.md5``, ``.sha256``) says it has, as ``(algorithm, hex)``.
+    With ``keep_part`` the checked file stays under its ``.part`` name, for a caller that
+    moves it on itself (the archive takes it by one rename)."""
 
     path: str
     name: str
     size: int | None
     target: Path
     digest: tuple[str, str] | None = None
+    keep_part: bool = False
 
 
 @dataclass(frozen=True)
 class Fetched:
-    """A file on disk under its final name, with its digests and what it took."""
+    """A checked file on disk (under its final name, or its part name with ``keep_part``),
+    with its digests and what it took."""
 
     path: Path
     size: int
@@ -186,10 +190,11 @@ def fetch(
             part.unlink()  # nothing to resume from
         raise
     gate.succeeded()
-    part.replace(wanted.target)
+    if not wanted.keep_part:
+        part.replace(wanted.target)
     digests = progress.digests
     return Fetched(
-        wanted.target,
+        part if wanted.keep_part else wanted.target,
         digests.size,
         digests.sha256.hexdigest(),
         digests.md5.hexdigest() if digests.md5 is not None else None,

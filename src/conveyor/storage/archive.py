@@ -162,31 +162,23 @@ class Archive:
     def adopt(self, path: Path, hashes: dict[str, str]) -> StoredBlob:
         """Take in a finished local file whose ``sha256`` (and ``crc32``) are known.
 
-        A folder archive on the same filesystem gets it by a rename, without copying a
-        byte; any other store streams it. The file is gone afterwards either way.
+        A folder archive on the same filesystem gets it by one rename to the blob's name,
+        without copying a byte; any other store streams it. The file is gone afterwards
+        either way.
         """
         size = path.stat().st_size
-        temp = temp_key()
-        target = self.store.local_path(temp)
-        if target is not None:
+        final = self.store.local_path(blob_key(hashes["sha256"]))
+        if final is not None:
             try:
-                _move(path, target)
+                return _rename_into(path, final, size, hashes)
             except OSError:
-                target = None
-        if target is None:
-            with path.open("rb") as handle:
-                blob = self.put_chunks(iter(lambda: handle.read(CHUNK_SIZE), b""))
-            path.unlink(missing_ok=True)
-            if blob.sha256 != hashes["sha256"]:
-                raise ArchiveError(f"{path.name} changed on disk before it was archived")
-            return blob
-        try:
-            return self.publish_temp(temp, size, hashes)
-        except ArchiveError:
-            raise
-        except Exception as error:
-            self.store.discard(temp)
-            raise ArchiveError(f"cannot publish a blob: {error}") from error
+                pass  # another filesystem: streamed below
+        with path.open("rb") as handle:
+            blob = self.put_chunks(iter(lambda: handle.read(CHUNK_SIZE), b""))
+        path.unlink(missing_ok=True)
+        if blob.sha256 != hashes["sha256"]:
+            raise ArchiveError(f"{path.name} changed on disk before it was archived")
+        return blob
 
     def put_bytes(self, data: bytes) -> StoredBlob:
         """Store a small blob held in memory."""
@@ -278,3 +270,17 @@ def _move(path: Path, target: Path) -> None:
     except FileNotFoundError:
         target.parent.mkdir(parents=True, exist_ok=True)
         path.replace(target)
+
+
+def _rename_into(path: Path, final: Path, size: int, hashes: dict[str, str]) -> StoredBlob:
+    """Give a complete, checked file its blob name by a rename (atomic on one filesystem),
+    unless the archive holds that blob already: no temporary name is needed in between."""
+    try:
+        held = final.stat().st_size
+    except FileNotFoundError:
+        held = None
+    if held == size:
+        path.unlink()
+        return StoredBlob(hashes["sha256"], size, hashes, created=False)
+    _move(path, final)
+    return StoredBlob(hashes["sha256"], size, hashes, created=True)
