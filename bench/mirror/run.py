@@ -7,10 +7,14 @@ protocol and data set: `rclone copy --transfers 4`, `lftp mirror --parallel=4` (
 HTTP), and a Conveyor mirror run with 4 threads on the embedded default (`conveyor serve`),
 timed from the run request until the release is published, archive writes included. Beside
 rclone alone, rclone followed by what Conveyor does beyond copying (sha256 of every file, a
-flush to disk before publishing) shows the cost of the same work.
+flush to disk before publishing) shows the cost of the same work, and `floor.py` (FTP and
+HTTP) what a bare threaded Python client reaches on this machine.
 Page cache is warm for every client (the servers read files the previous client read).
 Each Conveyor run gets a new server with an empty archive, so no blob is deduplicated
-against an earlier run; its peak RSS must not grow with file count.
+against an earlier run; its peak RSS must not grow with file count. Nothing is deleted
+between the clients of one protocol, and after deleting a protocol's copies the benchmark
+waits a minute: ext4 without a journal makes every new file look past the inodes freed in
+the last minute, which made whichever client came next pay for the deletions.
 
     .venv/bin/python bench/mirror/run.py [--workdir DIR] [--repeat N]
 """
@@ -38,6 +42,8 @@ from tests.support.mirror_servers import ServerInfo, ftp_server, http_server, sf
 SETS = {"1,000 x 100 KiB": (1000, 100 * 1024), "4 x 256 MiB": (4, 256 * MIB)}
 THREADS = 4
 PORT = 18200
+EXT4_RECENTLY_DELETED_SECONDS = 65
+FLOOR = Path(__file__).with_name("floor.py")
 
 
 def make_files(root: Path, count: int, size: int) -> Path:
@@ -117,6 +123,14 @@ def rclone(protocol: str, info: ServerInfo, dest: Path, known_hosts: Path) -> fl
     return timed([*command, remote, str(dest)])
 
 
+def python_floor(protocol: str, info: ServerInfo, tree: Path, dest: Path) -> float:
+    """`floor.py`: the known files fetched by 4 bare ftplib or urllib3 threads, no more."""
+    listing = dest.parent / f"{dest.name}.list"
+    listing.write_text("\n".join(sorted(str(p.relative_to(tree)) for p in tree.rglob("*.bin"))))
+    command = [sys.executable, str(FLOOR), protocol, info.host, str(info.port)]
+    return timed([*command, info.user or "", info.password or "", str(listing), str(dest)])
+
+
 def lftp(protocol: str, info: ServerInfo, dest: Path) -> float:
     """`lftp mirror --parallel=4` of the whole tree."""
     if protocol == "ftp":
@@ -164,10 +178,12 @@ def median_of(repeat: int, once: Callable[[int], float]) -> float:
     return statistics.median(once(number) for number in range(repeat))
 
 
-def fresh_conveyor(work: Path, run: Callable[[str], float]) -> tuple[float, float]:
-    """``run`` against a new `conveyor serve` with an empty archive (a blob already held
-    would be deduplicated, and its bytes never written); seconds and the server's peak RSS."""
-    data_dir = work / "server"
+def fresh_conveyor(data_dir: Path, run: Callable[[str], float]) -> tuple[float, float]:
+    """``run`` against a new `conveyor serve` with an empty archive in ``data_dir`` (a blob
+    already held would be deduplicated, and its bytes never written); seconds and the
+    server's peak RSS. The folder is kept until the caller is done with every client: ext4
+    makes each new file look past the inodes freed in the last 30 s or so, so deleting one
+    run's files just before the next (rclone's copies are kept the same way) costs it."""
     shutil.rmtree(data_dir, ignore_errors=True)
     server = start_server(data_dir, PORT)
     try:
@@ -175,14 +191,14 @@ def fresh_conveyor(work: Path, run: Callable[[str], float]) -> tuple[float, floa
     finally:
         server.terminate()
         server.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def compare(
     protocol: str, tree: Path, work: Path, repeat: int
-) -> tuple[float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float]:
     """Median seconds of rclone, rclone with Conveyor's extra work (hashing, a flush), lftp
-    (FTP and HTTP only) and Conveyor on one server; and Conveyor's highest peak RSS."""
+    and the bare Python client (FTP and HTTP only) and Conveyor on one server; and
+    Conveyor's highest peak RSS."""
     with serve(protocol, tree) as info:
         known = work / "known_hosts"
         known.write_text(f"{info.known_hosts_line or ''}\n")
@@ -200,21 +216,34 @@ def compare(
             return rclone(protocol, info, dest, known) + hashed_and_synced(dest)
 
         clone_plus = median_of(repeat, equal_work)
-        mirror = float("nan")
+        mirror = floor = float("nan")
         if protocol != "sftp":
             mirror = median_of(repeat, lambda n: lftp(protocol, info, fresh(f"lftp{n}")))
+            floor = median_of(
+                repeat, lambda n: python_floor(protocol, info, tree, fresh(f"floor{n}"))
+            )
         peaks: list[float] = []
 
         def ours_once(number: int) -> float:
             seconds, peak = fresh_conveyor(
-                work, lambda url: conveyor(url, protocol, info, known, f"{protocol}-{number}")
+                work / "dest" / f"conveyor{number}",
+                lambda url: conveyor(url, protocol, info, known, f"{protocol}-{number}"),
             )
             peaks.append(peak)
             return seconds
 
         ours = median_of(repeat, ours_once)
-    shutil.rmtree(work / "dest", ignore_errors=True)
-    return clone, clone_plus, mirror, ours, max(peaks)
+    forget(work / "dest")
+    return clone, clone_plus, mirror, floor, ours, max(peaks)
+
+
+def forget(folder: Path) -> None:
+    """Delete ``folder``, then wait until ext4 (without a journal, as on this machine) stops
+    checking each new inode against the ones just freed (60 s once they are written back),
+    so that the next client timed does not pay for these deletions."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.sync()
+    time.sleep(EXT4_RECENTLY_DELETED_SECONDS)
 
 
 def main() -> None:
@@ -223,17 +252,18 @@ def main() -> None:
     logging.disable(logging.INFO)
     print(
         f"{'set':18} {'proto':5} {'rclone s':>9} {'+hash+sync s':>12} {'lftp s':>7} "
-        f"{'conveyor s':>10} {'vs rclone':>9} {'vs +hash':>8} {'MB/s':>6} {'RSS MB':>7}"
+        f"{'python s':>8} {'conveyor s':>10} {'vs rclone':>9} {'vs +hash':>8} "
+        f"{'vs python':>9} {'MB/s':>6} {'RSS MB':>7}"
     )
     for label, (count, size) in SETS.items():
         tree = make_files(work / f"set-{count}", count, size)
         total_mb = count * size / MIB
         for protocol in ("ftp", "http", "sftp"):
-            clone, plus, mirror, ours, peak = compare(protocol, tree, work, repeat)
+            clone, plus, mirror, floor, ours, peak = compare(protocol, tree, work, repeat)
             print(
                 f"{label:18} {protocol:5} {clone:9.2f} {plus:12.2f} {mirror:7.2f} "
-                f"{ours:10.2f} {clone / ours:9.2f} {plus / ours:8.2f} "
-                f"{total_mb / ours:6.0f} {peak:7.0f}"
+                f"{floor:8.2f} {ours:10.2f} {clone / ours:9.2f} {plus / ours:8.2f} "
+                f"{floor / ours:9.2f} {total_mb / ours:6.0f} {peak:7.0f}"
             )
 
 
