@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
@@ -36,18 +37,20 @@ def insert_many_missing(session: Session, model: type[Base], rows: list[dict[str
 
     As :func:`insert_missing`, the first key of each row is what MySQL/MariaDB's no-op
     update touches. The rows go as one executemany of a cached statement, not as a
-    statement compiled for their count.
+    statement compiled for their count, on the table itself: the ORM's bulk path spent
+    about as long per row preparing it as the database took to store it.
     """
     if not rows:
         return
+    table = cast(Table, model.__table__)
     statement: Executable
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        statement = postgresql.insert(model).on_conflict_do_nothing()
+        statement = postgresql.insert(table).on_conflict_do_nothing()
     elif dialect == "sqlite":
-        statement = sqlite.insert(model).on_conflict_do_nothing()
+        statement = sqlite.insert(table).on_conflict_do_nothing()
     else:
         key = next(iter(rows[0]))
-        inserted = mysql.insert(model)
+        inserted = mysql.insert(table)
         statement = inserted.on_duplicate_key_update({key: inserted.inserted[key]})
-    session.execute(statement, rows)
+    session.connection().execute(statement, rows)
