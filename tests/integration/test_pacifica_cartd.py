@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from conveyor.db.models import OutboxEvent
@@ -396,10 +397,14 @@ def test_status_invalid_uid(cartd: TestClient) -> None:
 
 
 def test_a_cart_of_missing_files_records_its_failure(cartd: TestClient, runtime: Runtime) -> None:
-    """Made in ``error`` at once, it records ``org.conveyor.cart.failed`` as a failed build does."""
+    """Made in ``error`` at once, it records ``org.conveyor.cart.failed`` and is counted as a
+    failed build is."""
+    before = {mode: _finished(mode) for mode in ("build", "stream")}
     missing = {"id": "mytest.txt", "path": "1/2/3/mytest.txt", "hashtype": "md5", "hashsum": ""}
     post_cart(cartd, "98", {"fileids": [missing]})
     assert wait_for_cart(cartd, "98").status_code == 500
+    after = {mode: _finished(mode) for mode in ("build", "stream")}
+    assert sum(after.values()) - sum(before.values()) == 1
     with runtime.db.session() as session:
         [event] = session.scalars(
             select(OutboxEvent).where(OutboxEvent.type == "org.conveyor.cart.failed")
@@ -410,6 +415,14 @@ def test_a_cart_of_missing_files_records_its_failure(cartd: TestClient, runtime:
     assert event.data["item_errors"] == [
         {"item": "1/2/3/mytest.txt", "error": "file mytest.txt is not in the archive"}
     ]
+
+
+def _finished(mode: str) -> float:
+    """Carts of ``mode`` counted as ended in error by this process so far."""
+    value = REGISTRY.get_sample_value(
+        "conveyor_carts_finished_total", {"mode": mode, "status": "error"}
+    )
+    return value or 0.0
 
 
 @pytest.mark.parametrize(

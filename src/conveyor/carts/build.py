@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from conveyor.carts import states
 from conveyor.carts.bundles import NoSpace, WrittenBundle, bundle_key, copy_chunks, deflated_zip
 from conveyor.carts.bundles import write_bundle as write_to_store
-from conveyor.carts.events import CART_FAILED, CART_READY, cart_event
+from conveyor.carts.events import CART_READY, cart_event, record_failure
 from conveyor.carts.input_cache import CacheMiss, fetch
 from conveyor.carts.layout import manifest_json
 from conveyor.carts.notify import queue_notifications
@@ -341,10 +341,9 @@ def _mark_error(runtime: Runtime, cart_id: int, message: str, items: list[dict[s
         if cart is None:
             return
         cart.state = states.ERROR
-        metrics.CARTS_FINISHED.labels(mode=cart.mode, status="error").inc()
         cart.error = message
         cart.item_errors = items
-        record_event(session, cart_event(session, cart, CART_FAILED))
+        record_failure(session, cart)
         notify_job = queue_notifications(session, cart)
     log.info("cart %s failed: %s", cart_id, message)
     if notify_job is not None:

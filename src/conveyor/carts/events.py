@@ -6,7 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import Cart, CartRequester
-from conveyor.events.outbox import Event
+from conveyor.events.outbox import Event, record_event
+from conveyor.observability import metrics
 
 CART_READY = "org.conveyor.cart.ready"
 CART_FAILED = "org.conveyor.cart.failed"
@@ -36,3 +37,9 @@ def cart_event(session: Session, cart: Cart, kind: str) -> Event:
             "bundle": f"/api/v1/carts/{cart.id}/bundle",
         },
     )
+
+
+def record_failure(session: Session, cart: Cart) -> None:
+    """Count a cart that ended in error and record its event, in the caller's transaction."""
+    metrics.CARTS_FINISHED.labels(mode=cart.mode, status="error").inc()
+    record_event(session, cart_event(session, cart, CART_FAILED))

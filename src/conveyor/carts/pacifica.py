@@ -20,12 +20,11 @@ from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
 from conveyor.carts import service, states
-from conveyor.carts.events import CART_FAILED, cart_event
+from conveyor.carts.events import record_failure
 from conveyor.carts.input_cache import register
 from conveyor.carts.paths import BadBundlePath, bundle_path
 from conveyor.db.models import Cart, CartRequester, PacificaCart
 from conveyor.errors import BadRequest, NotFound
-from conveyor.events.outbox import record_event
 from conveyor.ingest.archive_files import file_id_of, readable_file
 from conveyor.storage.stores import BlobStore
 
@@ -144,7 +143,7 @@ def _failed_cart(
     session.flush()
     session.add(CartRequester(cart_id=cart.id, user=principal.user))
     # Born failed, it never reaches the build's failure path, which records this otherwise.
-    record_event(session, cart_event(session, cart, CART_FAILED))
+    record_failure(session, cart)
     return cart
 
 
