@@ -388,7 +388,11 @@ def test_frozen_target_is_not_delivered_in_time(backend: Backend, fault_sink: Ev
         assert after.delivered, after.error
 
     # The frozen message may come through once thawed (at least once), the others must.
-    assert {docs[0]["id"], docs[2]["id"]} <= set(_ids(backend.wait_for(2)))
+    expected = {docs[0]["id"], docs[2]["id"]}
+    got = backend.wait_for(2)
+    if not expected <= set(_ids(got)):
+        got = backend.wait_for(3)  # the thawed one arrived before the last
+    assert expected <= set(_ids(got))
 
 
 def test_check_target_accepts_the_live_target(backend: Backend) -> None:

@@ -212,7 +212,8 @@ def test_event_dispatch_on_every_database(
         database_url=database_url,
         delivery_max_attempts=1,
         breaker_failures=1000,
-        delivery_timeout_seconds=2.0,
+        # One attempt each: a send slowed past its timeout on a busy machine would die.
+        delivery_timeout_seconds=15.0,
     )
     admin = Principal("conveyor", admin=True, authenticated=False)
     with running_receiver() as receiver:
