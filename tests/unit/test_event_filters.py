@@ -144,7 +144,11 @@ def test_indexed_equality_matching_agrees_with_one_by_one_matching() -> None:
         _subscription(11, '$[?(@["eventType"] = "org.t")]', dialect="jsonpath2", shape="pacifica"),
     ]
     matcher_set = matchers(subscriptions, {})
-    assert len(matcher_set.general) == 2  # the range test and the one with extensions
+    assert [m.subscription_id for m in matcher_set.general] == ["s5"]  # it adds extensions
+    assert [
+        m.subscription_id
+        for _, m in matcher_set.compared[("cloudevents", "rfc9535 $['data']['group']")][1]
+    ] == ["s6"]
     readers = Readers(session=None, admins=frozenset({"admin"}))  # type: ignore[arg-type]
     for number, data in enumerate(
         [{"group": 3}, {"group": 3.0}, {"group": "3"}, {"group": True}, {"group": 4}, {}]
@@ -202,3 +206,99 @@ def test_jsonpath2_equality_index_agrees_with_the_package(query: str) -> None:
 def test_only_plain_equalities_are_indexed_in_jsonpath2() -> None:
     indexed = [q for q in JSONPATH2_QUERIES if compile_filter("jsonpath2", q).equality]
     assert indexed == JSONPATH2_QUERIES[:5]
+
+
+COMPARED_VALUES: list[Any] = [
+    0,
+    1,
+    2,
+    2.5,
+    3,
+    -1,
+    True,
+    False,
+    None,
+    "",
+    "2",
+    "b",
+    "ab",
+    [2],
+    {"a": 2},
+]
+COMPARISON_QUERIES = [
+    *(
+        f"$[?$.data.v {op} {literal}]"
+        for op in ("<", "<=", ">", ">=", "==", "!=")
+        for literal in ("2", "2.5", "'b'", "true", "null")
+    ),
+    "$[?1 < $.data.v]",
+    "$[?'a' >= $.data.v]",
+    "$[?$.data.v > 0 && $.data.v < 3]",
+    "$[?$.data.v >= 'a' && $.data.v <= 'b' || $.data.v == null]",
+    "$[?!($.data.v > 1)]",
+    "$[?!($.data.v > 1) && $.data.v != false]",
+    "$[?$.data['v'] > 1]",
+]
+
+
+@pytest.mark.parametrize("query", COMPARISON_QUERIES)
+def test_compiled_comparisons_agree_with_the_package(query: str) -> None:
+    compiled = compile_filter("rfc9535", query)
+    assert compiled.comparison is not None, query
+    documents: list[Any] = [{"data": {"v": value}} for value in COMPARED_VALUES]
+    documents += [{"data": {}}, {"data": []}, {}, [], {"other": 1}]
+    for doc in documents:
+        expected = bool(jsonpath_rfc9535.find(query, doc))
+        assert compiled.matches(doc) is expected, (query, doc)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "$[?$.data.v > $.data.w]",  # two queries
+        "$[?$.data.v > 1 && $.type == 't']",  # two different queries
+        "$[?$.data.v]",  # an existence test
+        "$[?@.v > 1]",  # reads the current node
+        "$[?length($.data.v) > 1]",  # a function
+        "$.data[?$.data.v > 1]",  # not a test of the root
+    ],
+)
+def test_only_plain_comparisons_of_one_query_are_compiled(query: str) -> None:
+    assert compile_filter("rfc9535", query).comparison is None
+
+
+def test_grouped_range_matching_agrees_with_one_by_one_matching() -> None:
+    subscriptions = [
+        _subscription(n, f"$[?$.data.group > {n - 1} && $.data.group < {n + 1}]") for n in range(6)
+    ]
+    subscriptions += [
+        _subscription(6, "$[?$.data.group >= 2]", types=["org.other"]),
+        _subscription(7, "$[?$.data.group >= 2]", owner="nobody"),
+        _subscription(8, "$[?$.data.group >= 2]", shape="pacifica"),
+        _subscription(9, "$[?$.data.group <= 2]", extensions={"team": "x"}),
+    ]
+    matcher_set = matchers(subscriptions, {})
+    assert [m.subscription_id for m in matcher_set.general] == ["s9"]
+    readers = Readers(session=None, admins=frozenset({"admin"}))  # type: ignore[arg-type]
+    for number, data in enumerate([{"group": g} for g in (0, 1, 2.5, 3, "3", True, None)]):
+        row = OutboxEvent(
+            id=f"e{number}",
+            type="org.t",
+            source="/t",
+            time=datetime(2026, 1, 1, tzinfo=UTC),
+            data=data,
+            owner="admin",
+            project=None,
+            extensions={},
+        )
+        expected = set()
+        for subscription in subscriptions:
+            if subscription.types and row.type not in subscription.types:
+                continue
+            if subscription.owner != "admin":
+                continue
+            doc = cloudevent(row) if subscription.shape == "cloudevents" else pacifica_event(row)
+            doc.update(subscription.extensions)
+            if jsonpath_rfc9535.find(subscription.filter, doc):
+                expected.add(subscription.id)
+        assert set(matcher_set.matching(row, readers)) == expected, data

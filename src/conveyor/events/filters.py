@@ -27,6 +27,8 @@ from jsonpath_rfc9535.filter_expressions import (
     FilterContext,
     FilterExpression,
     FilterExpressionLiteral,
+    LogicalExpression,
+    PrefixExpression,
     RelativeFilterQuery,
     RootFilterQuery,
 )
@@ -61,6 +63,38 @@ class EqualityTest:
         return self.values(document)
 
 
+@dataclass(frozen=True)
+class ComparisonTest:
+    """A filter made only of comparisons of one singular ``$`` query with literals.
+
+    Like ``$[?$.data.size > 10 && $.data.size <= 100]``: comparisons (``== != < <= > >=``)
+    joined by ``&&``, ``||`` and ``!``. Many such filters on the same query are decided
+    together: the query is read once per event and each filter's test is a few native
+    comparisons of its value, not a walk of the parsed expression.
+    """
+
+    query_key: str
+    read: Callable[[Any], Any]
+    holds: Callable[[Any], bool]
+
+    def values(self, document: Any) -> list[Any]:
+        """The query's value in ``document`` (:data:`ABSENT` when it selects nothing), or no
+        value when ``document`` has no member for ``$[?...]`` to select."""
+        if not isinstance(document, dict | list) or not document:
+            return []
+        return [self.read(document)]
+
+
+class _Absent:
+    """What a singular query that selects nothing compares as (RFC 9535 "Nothing")."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = _Absent()
+
+
 def comparable(value: Any) -> Hashable | None:
     """A key equal for exactly the JSON values RFC 9535 ``==`` calls equal (1 == 1.0, but
     true is not 1); None for objects and arrays, which no literal equals."""
@@ -83,6 +117,7 @@ class EventFilter:
     text: str
     _matches: Callable[[Any], bool]
     equality: EqualityTest | None = None
+    comparison: ComparisonTest | None = None
 
     def matches(self, document: Any) -> bool:
         """True when the query selects at least one node of ``document``."""
@@ -112,6 +147,14 @@ def _rfc9535(text: str) -> EventFilter:
         query = jsonpath_rfc9535.compile(text)
     except jsonpath_rfc9535.JSONPathError as error:
         raise FilterError(f"not an RFC 9535 JSONPath query: {error}") from None
+    comparison = _comparison(query)
+    if comparison is not None:
+        test = comparison
+
+        def compared(document: Any) -> bool:
+            return any(test.holds(value) for value in test.values(document))
+
+        return EventFilter("rfc9535", text, compared, _equality(query), comparison)
     return EventFilter("rfc9535", text, _rfc9535_matcher(query), _equality(query))
 
 
@@ -163,6 +206,86 @@ def _equality(query: jsonpath_rfc9535.JSONPathQuery) -> EqualityTest | None:
 
                 return EqualityTest(f"rfc9535 {query}", values, literal)
     return None
+
+
+def _comparison(query: jsonpath_rfc9535.JSONPathQuery) -> ComparisonTest | None:
+    """The comparison test ``query`` is, when it is one (see :class:`ComparisonTest`)."""
+    predicate = _root_predicate(query)
+    if predicate is None:
+        return None
+    queries: dict[str, jsonpath_rfc9535.JSONPathQuery] = {}
+    holds = _value_test(predicate.expression, queries)
+    if holds is None or len(queries) != 1:
+        return None
+    ((key, singular),) = queries.items()
+
+    def read(document: Any) -> Any:
+        nodes = singular.find(document)
+        return nodes[0].value if len(nodes) == 1 else ABSENT
+
+    return ComparisonTest(f"rfc9535 {key}", read, holds)
+
+
+def _value_test(
+    expression: Any, queries: dict[str, jsonpath_rfc9535.JSONPathQuery]
+) -> Callable[[Any], bool] | None:
+    """``expression`` as a test of one query's value, adding the query to ``queries``; None
+    when it is anything but comparisons of singular ``$`` queries with literals."""
+    if isinstance(expression, LogicalExpression) and expression.operator in ("&&", "||"):
+        left = _value_test(expression.left, queries)
+        right = _value_test(expression.right, queries)
+        if left is None or right is None:
+            return None
+        if expression.operator == "&&":
+            return lambda value: left(value) and right(value)
+        return lambda value: left(value) or right(value)
+    if isinstance(expression, PrefixExpression) and expression.operator == "!":
+        inner = _value_test(expression.right, queries)
+        return None if inner is None else lambda value: not inner(value)
+    if not isinstance(expression, ComparisonExpression):
+        return None
+    operator = expression.operator
+    side, literal = expression.left, expression.right
+    if isinstance(side, FilterExpressionLiteral):
+        side, literal, operator = literal, side, _MIRRORED.get(operator, operator)
+    if (
+        not isinstance(side, RootFilterQuery)
+        or not side.query.singular_query()
+        or not isinstance(literal, FilterExpressionLiteral)
+        or operator not in _COMPARISONS
+    ):
+        return None
+    queries[str(side.query)] = side.query
+    compare, fixed = _COMPARISONS[operator], literal.value
+    return lambda value: compare(value, fixed)
+
+
+def _equal(left: Any, right: Any) -> bool:
+    """RFC 9535 ``==`` of two values read from JSON (or ABSENT): true is not 1."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left == right
+    return bool(left == right)
+
+
+def _less(left: Any, right: Any) -> bool:
+    """RFC 9535 ``<``: only two strings or two numbers are ordered."""
+    if isinstance(left, str) and isinstance(right, str):
+        return left < right
+    if isinstance(left, bool) or isinstance(right, bool):
+        return False
+    return isinstance(left, int | float) and isinstance(right, int | float) and left < right
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": _equal,
+    "!=": lambda value, literal: not _equal(value, literal),
+    "<": _less,
+    ">": lambda value, literal: _less(literal, value),
+    "<=": lambda value, literal: _less(value, literal) or _equal(value, literal),
+    ">=": lambda value, literal: _less(literal, value) or _equal(value, literal),
+}
+# ``literal OP query`` is ``query MIRRORED[OP] literal``.
+_MIRRORED = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
 
 
 def _root_predicate(query: jsonpath_rfc9535.JSONPathQuery) -> FilterExpression | None:

@@ -8,12 +8,18 @@ and each event is shaped once per form for all subscriptions that add no extensi
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from conveyor.db.models import Subscription
-from conveyor.events.filters import EqualityTest, EventFilter, FilterError, compile_filter
+from conveyor.events.filters import (
+    ComparisonTest,
+    EqualityTest,
+    EventFilter,
+    FilterError,
+    compile_filter,
+)
 from conveyor.events.outbox import EventRecord
 from conveyor.events.shapes import document
 from conveyor.events.visibility import Readers
@@ -21,6 +27,7 @@ from conveyor.events.visibility import Readers
 log = logging.getLogger(__name__)
 
 FilterCache = dict[tuple[str, datetime], EventFilter | None]
+Tested = Callable[[Any], bool]
 
 
 class Matcher(NamedTuple):
@@ -53,43 +60,67 @@ class Matcher(NamedTuple):
             return False
         if self.extensions:
             return self.event_filter.matches(document(row, self.shape, self.extensions))
-        shaped = documents.get(self.shape)
-        if shaped is None:
-            shaped = documents[self.shape] = document(row, self.shape, {})
-        return self.event_filter.matches(shaped)
+        return self.event_filter.matches(shaped_once(documents, row, self.shape))
 
 
 class MatcherSet:
-    """Every live subscription's matcher, with equality filters indexed.
+    """Every live subscription's matcher, with plain filters grouped by the query they read.
 
-    Subscriptions whose filter is ``$[?<query> == <literal>]`` (and that add no extensions)
-    are grouped by shape and query: the query is read once per event and its value looked up,
-    so a hundred such subscriptions cost one query, not a hundred.
+    Subscriptions (that add no extensions) whose filter is ``$[?<query> == <literal>]`` are
+    grouped by shape and query: the query is read once per event and its value looked up,
+    so a hundred such subscriptions cost one query, not a hundred. Filters that only compare
+    one query with literals (ranges) are grouped the same way; each one's test is then a
+    few native comparisons of the value read once.
     """
 
     def __init__(self, found: list[Matcher]) -> None:
         self.general: list[Matcher] = []
         self.indexed: dict[tuple[str, str], tuple[EqualityTest, dict[Hashable, list[Matcher]]]]
         self.indexed = {}
+        self.compared: dict[tuple[str, str], tuple[ComparisonTest, list[tuple[Tested, Matcher]]]]
+        self.compared = {}
         for matcher in found:
-            test = matcher.event_filter.equality
-            if test is None or matcher.extensions:
+            equality = matcher.event_filter.equality
+            comparison = matcher.event_filter.comparison
+            if matcher.extensions or (equality is None and comparison is None):
                 self.general.append(matcher)
-                continue
-            _, table = self.indexed.setdefault((matcher.shape, test.query_key), (test, {}))
-            table.setdefault(test.literal, []).append(matcher)
+            elif equality is not None:
+                _, table = self.indexed.setdefault(
+                    (matcher.shape, equality.query_key), (equality, {})
+                )
+                table.setdefault(equality.literal, []).append(matcher)
+            elif comparison is not None:
+                key = (matcher.shape, comparison.query_key)
+                self.compared.setdefault(key, (comparison, []))[1].append(
+                    (comparison.holds, matcher)
+                )
 
     def matching(self, row: EventRecord, readers: Readers) -> list[str]:
         """The ids of the subscriptions the event goes to."""
         documents: dict[str, dict[str, Any]] = {}
         chosen = [m.subscription_id for m in self.general if m.matches(row, readers, documents)]
         for (shape, _), (test, table) in self.indexed.items():
-            shaped = documents.get(shape)
-            if shaped is None:
-                shaped = documents[shape] = document(row, shape, {})
+            shaped = shaped_once(documents, row, shape)
             hits = {id(m): m for key in test.keys(shaped) for m in table.get(key, ())}
             chosen.extend(m.subscription_id for m in hits.values() if m.admits(row, readers))
+        for (shape, _), (reader, group) in self.compared.items():
+            for value in reader.values(shaped_once(documents, row, shape)):
+                chosen.extend(
+                    m.subscription_id
+                    for holds, m in group
+                    if holds(value) and m.admits(row, readers)
+                )
         return chosen
+
+
+def shaped_once(
+    documents: dict[str, dict[str, Any]], row: EventRecord, shape: str
+) -> dict[str, Any]:
+    """The event in ``shape`` without extensions, made once per event (kept in ``documents``)."""
+    shaped = documents.get(shape)
+    if shaped is None:
+        shaped = documents[shape] = document(row, shape, {})
+    return shaped
 
 
 def matchers(subscriptions: list[Subscription], filters: FilterCache) -> MatcherSet:
