@@ -3,8 +3,8 @@
 Conveyor runs on the embedded default (`conveyor serve`: SQLite, in-process dispatcher).
 100 subscriptions each take one group of events, so every event is delivered once; three
 sets of filters: RFC 9535 equalities, the same with one in ten in jsonpath2 (both matched
-through the server's equality index), and RFC 9535 ranges, which every event is tested
-against one by one. Three measurements:
+through the server's equality index), and RFC 9535 ranges (the query read once per event,
+then each range compared). Three measurements:
 
 - throughput: 10,000 events committed to the outbox in 10 commits (by a second process, as
   a busy producer would), timed until the receiver has every one: deliveries/s;
@@ -101,7 +101,7 @@ def pacifica_equality(group: int) -> dict[str, str]:
 
 
 def open_range(group: int) -> dict[str, str]:
-    """A comparison the index cannot take: every filter is evaluated for every event."""
+    """A range of one query: the query is read once, then every range compared to it."""
     return {"filter": f"$[?$.data.group > {group - 1} && $.data.group < {group + 1}]"}
 
 
