@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     consumer_file_bytes: int = Field(16 * 1024**3, ge=1024**2)
     consumer_open_files: int = Field(1024, ge=64, le=1024**2)
     consumer_uploads_bytes: int = Field(64 * 1024**3, ge=1)
+    # The longest life a caller may ask for its own consumer-run token (``consumer serve``
+    # asks for its run timeout plus an hour): a leaked one ends by itself.
+    run_token_max_seconds: float = Field(86400.0, gt=0)
 
     db_connect_attempts: int = Field(
         10,

@@ -132,6 +132,50 @@ def test_add_of_a_package_whose_init_fails_names_the_step(server: str, tmp_path:
     assert httpx.delete(f"{server}/api/v1/consumers/broken", timeout=10).status_code == 204
 
 
+def test_add_takes_a_memory_limit_as_a_size(server: str, tmp_path: Path) -> None:
+    package = make_zip(tmp_path / "sized.zip", TINY)
+    added = conveyor("consumer", "add", str(package), "--memory", "512MiB", "--url", server)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["memory_bytes"] == 512 * 1024**2
+    try:
+        # a new limit applies at once, the version ready keeps running
+        for size, expected in (("4GiB", 4 * 1024**3), ("2G", 2 * 10**9), ("134217728", 2**27)):
+            again = conveyor(
+                "consumer", "add", str(package), "--memory", size, "--no-wait", "--url", server
+            )
+            assert again.returncode == 0, again.stderr
+            assert json.loads(again.stdout)["memory_bytes"] == expected, size
+            wait_job(server, int(json.loads(again.stdout)["job_id"]), timeout=170)
+    finally:
+        assert httpx.delete(f"{server}/api/v1/consumers/sized", timeout=10).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("size", "why"),
+    [
+        ("lots", "'lots' is not a size: give bytes or a number with a unit"),
+        ("4 parsecs", "'4 parsecs' is not a size"),
+        ("-1GiB", "'-1GiB' is not a size"),
+        ("1MiB", "'1MiB' is less than the least a run may have, 64MiB"),
+    ],
+)
+def test_a_bad_memory_size_is_a_usage_error(
+    server: str, tmp_path: Path, size: str, why: str
+) -> None:
+    package = make_zip(tmp_path / "badsize.zip", TINY)
+    for command in (
+        ("add", str(package), "--url", server),
+        ("serve", str(package), "--producer", server, "--work-dir", str(tmp_path / "work")),
+    ):
+        refused = conveyor("consumer", *command, "--memory", size)
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert "Invalid value for '--memory'" in refused.stderr
+        assert why in " ".join(refused.stderr.replace("│", " ").split()), refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert "badsize" not in consumer_names(server)
+    assert not (tmp_path / "work").exists()  # serve stopped before doing anything
+
+
 def test_add_refuses_what_is_not_a_package(server: str, tmp_path: Path) -> None:
     not_zip = tmp_path / "junk.zip"
     not_zip.write_bytes(b"not a zip at all")

@@ -99,10 +99,10 @@ def serving(package: Path, url: str, work: Path) -> Iterator[RemoteConsumer]:
         consumer.stop()
 
 
-def upload(url: str, folder: Path, instrument: str = "i1") -> int:
+def upload(url: str, folder: Path, instrument: str = "i1", token: str | None = None) -> int:
     """Publish ``folder`` on the producer (project p1); the new transaction's id."""
     stream = BundleStream(collect([folder]), metadata_fields("p1", instrument, [], None))
-    with ConveyorClient(url) as client:
+    with ConveyorClient(url, token) as client:
         job = client.wait(int(client.upload(stream.chunks(), stream.length())["id"]), timeout=60)
     assert job["state"] == "succeeded", job
     return int(job["transaction_id"])
@@ -470,11 +470,16 @@ def read_lines(stream: Any, into: queue.Queue[str | None]) -> None:
 
 @contextmanager
 def serve_command(
-    package: Path, url: str, work: Path, tmp_path: Path, name: str
+    package: Path,
+    url: str,
+    work: Path,
+    tmp_path: Path,
+    name: str,
+    options: tuple[str, ...] = (),
 ) -> Iterator[tuple[subprocess.Popen[str], str, Callable[[], str]]]:
-    """``conveyor consumer serve`` once it says it listens: the process, its callback URL,
-    and a function giving all it wrote on stderr once it has ended."""
-    command = [*CONVEYOR, "consumer", "serve", str(package), "--producer", url]
+    """``conveyor consumer serve [options]`` once it says it listens: the process, its
+    callback URL, and a function giving all it wrote on stderr once it has ended."""
+    command = [*CONVEYOR, "consumer", "serve", str(package), "--producer", url, *options]
     process = subprocess.Popen(
         [*command, "--work-dir", str(work), "--name", name],
         env=conveyor_env(tmp_path / "cli-data"),
@@ -562,3 +567,107 @@ def test_an_event_recorded_done_is_not_run_again_when_its_spool_file_survived(
         assert [run["event"] for run in consumer.runs] == ["fresh"]
     assert json.loads((done / "already-done").read_text()) == record
     assert list(spool.iterdir()) == []
+
+
+# A consumer that tries its CONVEYOR_TOKEN on the producer and writes down what it saw, and
+# its memory limit, to a file outside the run (the secret is not published).
+PROBE = """import json, os, pathlib, resource, urllib.error, urllib.request
+
+url, token = os.environ["CONVEYOR_URL"], os.environ["CONVEYOR_TOKEN"]
+
+
+def status(method, path, body=None):
+    request = urllib.request.Request(
+        url + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+seen = {
+    "token": token,
+    "read": status("GET", "/api/v1/transactions"),
+    "subscribe": status(
+        "POST", "/api/v1/subscriptions", {"name": "x", "target": "http://127.0.0.1:9/hook"}
+    ),
+    "list tokens": status("GET", "/api/v1/tokens"),
+    "another token": status("POST", "/api/v1/tokens/consumer-run", {}),
+    "memory": resource.getrlimit(resource.RLIMIT_AS)[0],
+}
+pathlib.Path(RESULT).write_text(json.dumps(seen))
+"""
+
+
+def test_each_run_gets_a_scoped_token_of_its_own_revoked_after_it(
+    work: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "secure"
+    settings = {"auth": "token", "run_token_max_seconds": "7200"}
+    made = run_conveyor(data, settings, ["admin", "token", "create", "--user", "alice"])
+    operator = json.loads(made[0])["token"]
+    result = tmp_path / "seen.json"
+    package = make_zip(
+        tmp_path / "probe.zip", {"__main__.py": PROBE.replace("RESULT", repr(str(result))).encode()}
+    )
+    with running_server(data, **settings) as url:
+        # runs could get no token under this server's maximum: serve stops at once, saying so
+        serve = [*CONVEYOR, "consumer", "serve", str(package), "--producer", url]
+        too_slow = subprocess.run(
+            [*serve, "--token", operator, "--timeout", "3601", "--work-dir", str(work)],
+            env=conveyor_env(tmp_path / "cli-data"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert too_slow.returncode == 1, too_slow.stderr
+        assert "expires_in_seconds may be at most 7200" in too_slow.stderr
+        assert "Traceback" not in too_slow.stderr
+
+        options = ("--token", operator, "--timeout", "120", "--memory", "768MiB")
+        with serve_command(package, url, work, tmp_path, "probe", options) as (process, _, log):
+            upload(url, notes(tmp_path / "input", "probe\n"), token=operator)
+            eventually(lambda: list((work / "done").iterdir()), "the probe's run")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, log()
+        [record] = [json.loads(path.read_text()) for path in (work / "done").iterdir()]
+        assert record["state"] == "succeeded", record
+        seen = json.loads(result.read_text())
+        run_token = seen["token"]
+        # its own token, not the operator's, which may publish and read, nothing else
+        assert run_token.startswith("cvy_")
+        assert run_token != operator
+        assert seen["read"] == 200
+        assert seen["subscribe"] == 403
+        assert seen["list tokens"] == 403
+        assert seen["another token"] == 403
+        assert seen["memory"] == 768 * 1024**2  # --memory reached the run
+        # revoked once the run ended; the operator's token still works
+        transactions = f"{url}/api/v1/transactions"
+        assert httpx.get(transactions, headers=bearer(run_token), timeout=10).status_code == 401
+        assert httpx.get(transactions, headers=bearer(operator), timeout=10).status_code == 200
+        # what the endpoint itself refuses: a life past the maximum, a scoped caller
+        mint = f"{url}/api/v1/tokens/consumer-run"
+        too_long = httpx.post(
+            mint, json={"expires_in_seconds": 7201}, headers=bearer(operator), timeout=10
+        )
+        assert too_long.status_code == 400
+        assert "at most 7200" in too_long.json()["detail"]
+        scoped = httpx.post(
+            mint, json={"expires_in_seconds": 60}, headers=bearer(operator), timeout=10
+        ).json()["token"]
+        again = httpx.post(mint, json={}, headers=bearer(scoped), timeout=10)
+        assert again.status_code == 403
+        assert again.json()["detail"] == (
+            "a consumer-run token may not POST /api/v1/tokens/consumer-run"
+        )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

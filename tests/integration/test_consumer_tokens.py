@@ -3,20 +3,22 @@
 A ``consumer-run`` token may only POST a bundle, follow a job and read transactions and
 files; every other route answers 403 saying so. Expired and revoked ones answer 401. With
 ``CONVEYOR_AUTH=proxy-header`` a run calls the server directly, so its token works without
-the proxy's header (and a full token still does not).
+the proxy's header (and a full token still does not). Any caller but a scoped token may
+issue itself one (``consumer serve`` does, per run), and revoke its own tokens.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
+from conveyor.auth.resolve import anonymous, authenticate
 from conveyor.auth.scopes import CONSUMER_RUN, check_scope
-from conveyor.auth.tokens import create_token, revoke_token
+from conveyor.auth.tokens import create_token, lookup, revoke_token
 from conveyor.db.types import utcnow
 from conveyor.errors import Forbidden
 from conveyor.runtime import Runtime
@@ -278,3 +280,131 @@ def test_behind_a_proxy_a_run_token_works_directly(make_runtime: Callable[..., R
         listed = via_proxy.get("/api/v1/jobs", headers={"X-Http-Authed-User": "carol"})
         assert listed.status_code == 200
         assert [job["id"] for job in listed.json()["jobs"]] == [published["job"]]
+
+
+SELF_SERVICE = "/api/v1/tokens/consumer-run"
+
+
+def test_any_user_issues_itself_a_run_token(make_runtime: Callable[..., Runtime]) -> None:
+    runtime = make_runtime(auth="token", run_token_max_seconds=7200)
+    alice = issue(runtime, "alice")
+    root = issue(runtime, "root", admin=True)
+    with TestClient(create_app(runtime=runtime)) as client:
+        before = utcnow()
+        asked = client.post(
+            SELF_SERVICE, json={"expires_in_seconds": 600, "label": "mine"}, headers=bearer(alice)
+        )
+        assert asked.status_code == 201, asked.text
+        made = asked.json()
+        assert (made["user"], made["admin"], made["scope"]) == ("alice", False, CONSUMER_RUN)
+        assert made["token"].startswith("cvy_")
+        expires = datetime.fromisoformat(made["expires_at"])
+        assert before + timedelta(seconds=599) < expires < utcnow() + timedelta(seconds=601)
+        # without an expiry it gets the server's longest
+        longest = client.post(SELF_SERVICE, json={}, headers=bearer(alice)).json()
+        expires = datetime.fromisoformat(longest["expires_at"])
+        assert before + timedelta(seconds=7199) < expires < utcnow() + timedelta(seconds=7201)
+        # what it made is scoped: it reads, and may not administer or list jobs
+        token = made["token"]
+        assert client.get("/api/v1/transactions", headers=bearer(token)).status_code == 200
+        assert client.get("/api/v1/jobs", headers=bearer(token)).status_code == 403
+        # an admin's own is not an admin's
+        admins = client.post(SELF_SERVICE, json={}, headers=bearer(root)).json()
+        assert (admins["user"], admins["admin"]) == ("root", False)
+        assert client.get("/api/v1/tokens", headers=bearer(admins["token"])).status_code == 403
+        # nobody else may be named
+        other = client.post(SELF_SERVICE, json={"user": "bob"}, headers=bearer(alice))
+        assert other.status_code == 422
+        assert other.json()["detail"] == "user: Extra inputs are not permitted"
+
+
+def test_asking_for_a_run_token_is_checked(make_runtime: Callable[..., Runtime]) -> None:
+    runtime = make_runtime(auth="token", run_token_max_seconds=7200)
+    alice = issue(runtime, "alice")
+    run = run_token(runtime, "alice")
+    with TestClient(create_app(runtime=runtime)) as client:
+        too_long = client.post(
+            SELF_SERVICE, json={"expires_in_seconds": 7201}, headers=bearer(alice)
+        )
+        assert too_long.status_code == 400
+        assert too_long.json()["detail"] == (
+            "expires_in_seconds may be at most 7200 on this server "
+            "(CONVEYOR_RUN_TOKEN_MAX_SECONDS), not 7201"
+        )
+        for bad in (0, -5, "soon"):
+            refused = client.post(
+                SELF_SERVICE, json={"expires_in_seconds": bad}, headers=bearer(alice)
+            )
+            assert refused.status_code == 422, bad
+            assert refused.json()["detail"].startswith("expires_in_seconds: "), refused.text
+        long_label = client.post(SELF_SERVICE, json={"label": "x" * 256}, headers=bearer(alice))
+        assert long_label.status_code == 422
+        # a scoped token gets no other token, of any kind
+        for path, body in ((SELF_SERVICE, {}), ("/api/v1/tokens", {"user": "alice"})):
+            answer = client.post(path, json=body, headers=bearer(run))
+            assert answer.status_code == 403, answer.text
+            assert answer.json()["detail"] == f"a consumer-run token may not POST {path}"
+        assert client.post(SELF_SERVICE, json={}).status_code == 401
+
+
+def test_a_user_revokes_its_own_tokens_only(make_runtime: Callable[..., Runtime]) -> None:
+    runtime = make_runtime(auth="token")
+    alice, bob = issue(runtime, "alice"), issue(runtime, "bob")
+    root = issue(runtime, "root", admin=True)
+    with TestClient(create_app(runtime=runtime)) as client:
+
+        def mint(token: str) -> dict[str, str]:
+            made: dict[str, str] = client.post(SELF_SERVICE, json={}, headers=bearer(token)).json()
+            return made
+
+        alices, bobs, bobs_second = mint(alice), mint(bob), mint(bob)
+        # another user's token is not found, and keeps working
+        theirs = client.delete(f"/api/v1/tokens/{bobs['id']}", headers=bearer(alice))
+        assert theirs.status_code == 404
+        assert theirs.json()["detail"] == (
+            f"token {bobs['id']} does not exist or is already revoked"
+        )
+        assert client.get("/api/v1/transactions", headers=bearer(bobs["token"])).status_code == 200
+        # its own is revoked at once; a second time it is not found
+        mine = client.delete(f"/api/v1/tokens/{alices['id']}", headers=bearer(alice))
+        assert mine.status_code == 204
+        assert client.get("/api/v1/transactions", headers=bearer(alices["token"])).status_code == (
+            401
+        )
+        assert client.delete(
+            f"/api/v1/tokens/{alices['id']}", headers=bearer(alice)
+        ).status_code == (404)
+        # a run token revokes nothing, not even itself
+        itself = client.delete(f"/api/v1/tokens/{bobs['id']}", headers=bearer(bobs["token"]))
+        assert itself.status_code == 403
+        # an admin revokes anyone's
+        assert client.delete(f"/api/v1/tokens/{bobs['id']}", headers=bearer(root)).status_code == (
+            204
+        )
+        assert client.get("/api/v1/transactions", headers=bearer(bobs["token"])).status_code == 401
+        assert client.get(
+            "/api/v1/transactions", headers=bearer(bobs_second["token"])
+        ).status_code == (200)
+
+
+def test_with_auth_off_a_run_token_is_issued_for_the_default_user(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime(auth="none", default_user="lab")
+    with TestClient(create_app(runtime=runtime)) as client:
+        made = client.post(SELF_SERVICE, json={"expires_in_seconds": 60})
+        assert made.status_code == 201, made.text
+        assert (made.json()["user"], made.json()["admin"]) == ("lab", False)
+        token = made.json()["token"]
+        with runtime.db.session() as session:
+            row = lookup(session, token)
+            assert row is not None
+            assert (row.user_id, row.scope, row.admin) == ("lab", CONSUMER_RUN, False)
+        # it resolves as a scoped token, with no run behind it: auth off, the default user
+        principal = authenticate(runtime.settings, runtime.db, bearer(token), "127.0.0.1")
+        assert principal == anonymous(runtime.settings)
+        # the anonymous caller revokes it
+        revoked = client.delete(f"/api/v1/tokens/{made.json()['id']}")
+        assert revoked.status_code == 204
+        with runtime.db.session() as session:
+            assert lookup(session, token) is None

@@ -66,11 +66,12 @@ def create_token(
     return IssuedToken(row.id, user, admin, secret)
 
 
-def revoke_token(session: Session, token_id: int) -> bool:
-    """Revoke a token; False when there is no such active token."""
+def revoke_token(session: Session, token_id: int, user: str | None = None) -> bool:
+    """Revoke a token (only ``user``'s, when given); False when there is no such active token."""
+    owned = () if user is None else (ApiToken.user_id == user,)
     result = session.execute(
         update(ApiToken)
-        .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+        .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None), *owned)
         .values(revoked_at=utcnow())
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]

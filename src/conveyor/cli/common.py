@@ -7,6 +7,7 @@ import sys
 from typing import Any, NoReturn
 
 import typer
+from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich.console import Console
 
 from conveyor.config import ConfigError, Settings, load_settings
@@ -36,6 +37,17 @@ def print_json(value: Any) -> None:
         out.print_json(data=value)
     else:
         print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def byte_size(text: str) -> int:
+    """A size option's bytes: ``4096``, ``512MiB``, ``4GiB`` (binary) or ``2G``, ``2GB``
+    (decimal), as pydantic's ByteSize reads them; a bad one is a usage error naming it."""
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(text.strip()))
+    except ValidationError:
+        raise typer.BadParameter(
+            f"{text!r} is not a size: give bytes or a number with a unit (512MiB, 4GiB, 2G)"
+        ) from None
 
 
 UNAVAILABLE = (DatabaseUnavailable,)

@@ -11,17 +11,37 @@ from typing import Annotated, Any
 import typer
 
 from conveyor.cli.client_cmds import TokenOption, UrlOption, call_api
-from conveyor.cli.common import die, err, print_json
+from conveyor.cli.common import byte_size, die, err, print_json
 from conveyor.client.api import ApiError, ConveyorClient
 from conveyor.consumers.environments import ConsumerSetupError, build_environment, shim_wheelhouse
 from conveyor.consumers.package import PackageError, read_package, unpack
 from conveyor.consumers.remote import RemoteConsumer, RemoteOptions
+from conveyor.consumers.workspace import MIN_MEMORY_BYTES
 from conveyor.events.filters import FilterError, compile_filter
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 consumer_app = typer.Typer(
     help="Consumers: consumer.zip programs run on matching events.", no_args_is_help=True
 )
+
+
+def _memory(text: str) -> int:
+    """``--memory``: a size, at least the least a run may be given."""
+    size = byte_size(text)
+    if size < MIN_MEMORY_BYTES:
+        raise typer.BadParameter(f"{text!r} is less than the least a run may have, 64MiB")
+    return size
+
+
+MemoryOption = Annotated[
+    int | None,
+    typer.Option(
+        "--memory",
+        parser=_memory,
+        metavar="SIZE",
+        help="A run's address-space limit: bytes, or 512MiB, 4GiB (binary), 2G (decimal).",
+    ),
+]
 
 
 @consumer_app.command("check")
@@ -84,6 +104,7 @@ def add(
         int | None, typer.Option(help="Runs on data at most this many derivations deep.")
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds a run may take.")] = None,
+    memory: MemoryOption = None,
     wait: Annotated[bool, typer.Option(help="Wait until it is ready (or failed).")] = True,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
@@ -91,7 +112,12 @@ def add(
     """Install a consumer on the server: its venv is built and it is subscribed."""
     params: dict[str, Any] = {"allow_self": allow_self}
     chosen = name or (package_path.stem if package_path.stem != "consumer" else None)
-    for key, value in (("name", chosen), ("max_depth", max_depth), ("timeout_seconds", timeout)):
+    for key, value in (
+        ("name", chosen),
+        ("max_depth", max_depth),
+        ("timeout_seconds", timeout),
+        ("memory_bytes", memory),
+    ):
         if value is not None:
             params[key] = value
     try:
@@ -163,8 +189,12 @@ def serve(
     allow_self: Annotated[bool, typer.Option(help="Let its own outputs trigger it.")] = False,
     max_depth: Annotated[int, typer.Option(help="Derivation depth limit.", min=1)] = 5,
     timeout: Annotated[float, typer.Option(help="Seconds a run may take.")] = 3600.0,
+    memory: MemoryOption = None,
 ) -> None:
-    """Run a consumer here on a producer's events, until interrupted (then unsubscribe)."""
+    """Run a consumer here on a producer's events, until interrupted (then unsubscribe).
+
+    Each run gets a consumer-run token of its own from the producer, not --token.
+    """
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         die(f"--listen takes host:port, not {listen!r}")
@@ -181,6 +211,7 @@ def serve(
         allow_self=allow_self,
         max_depth=max_depth,
         timeout_seconds=timeout,
+        memory_bytes=RemoteOptions.memory_bytes if memory is None else memory,
     )
     try:
         consumer = RemoteConsumer(package_path, options)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
 from conveyor.consumers.package import ConsumerPackage, PackageError, read_package
+from conveyor.consumers.workspace import MIN_MEMORY_BYTES
 from conveyor.db.models import Consumer, Subscription
 from conveyor.db.types import iso_z, utcnow
 from conveyor.errors import BadRequest, NotFound
@@ -43,7 +44,7 @@ class ConsumerOptions(BaseModel):
     allow_self: bool = Field(False, description="may its own outputs trigger it again")
     max_depth: int | None = Field(None, ge=1, le=100)
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
-    memory_bytes: int | None = Field(None, ge=64 * 1024**2)
+    memory_bytes: int | None = Field(None, ge=MIN_MEMORY_BYTES)
 
 
 def add(

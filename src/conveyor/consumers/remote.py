@@ -6,6 +6,8 @@ Pacifica-shaped events), run the entry point on each event with inputs downloade
 the producer's API, publish ``DST/uploads`` back through it, and remove the subscription
 on stop. Each event is written to a spool folder before the webhook is answered, so one
 the consumer accepted survives a restart; an event id already spooled is not run twice.
+Each run's process gets a ``consumer-run`` token of its own from the producer (publish and
+read only, revoked when the run ends), never the operator's token.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 64 * 1024 * 1024
 RUN_RECORD = "published.json"
+RUN_TOKENS = "/api/v1/tokens/consumer-run"
+# A run's token outlives its timeout by this much (a consumer publishing through upload()
+# waits for its ingest job), as the producer's own runs' tokens do.
+TOKEN_MARGIN_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,9 @@ class RemoteConsumer:
 
     def start(self) -> None:
         """Install, listen, subscribe; events are then run as they arrive."""
+        # Fails at once, not on every run, where runs could get no token of their own (a
+        # producer without the route, a scoped --token, a timeout over the server's maximum).
+        self._revoke_run_token(self._issue_run_token("check")[0])
         for folder in (self.spool, self.done):
             folder.mkdir(parents=True, exist_ok=True)
         package_path = self.package.path
@@ -222,19 +231,7 @@ class RemoteConsumer:
         try:
             space = lay_out(root, event, input_files(event), self._download)
             record = root / RUN_RECORD
-            run_entry_point(
-                self._ready.environment,
-                self._ready.code,
-                space,
-                variables={
-                    "CONVEYOR_URL": self.options.producer_url,
-                    "CONVEYOR_TOKEN": self.options.token or "",
-                    "CONVEYOR_PROVENANCE": json.dumps(values),
-                    "CONVEYOR_CONSUMER": self.name,
-                    "CONVEYOR_RUN_RECORD": str(record),
-                },
-                limits=self.options.limits,
-            )
+            self._run_with_token(space, event_id, values, record)
             if record.exists():
                 job = json.loads(record.read_text(encoding="utf-8"))
             else:
@@ -248,6 +245,52 @@ class RemoteConsumer:
             "state": "succeeded",
             "transaction_id": job.get("transaction_id") if job else None,
         }
+
+    def _run_with_token(
+        self, space: Workspace, event_id: str, values: dict[str, str], record: Path
+    ) -> None:
+        """Run the entry point with a consumer-run token of its own (never the operator's),
+        revoked once the process has ended."""
+        assert self._ready is not None
+        try:
+            token_id, secret = self._issue_run_token(f"remote:{event_id}")
+        except ApiError as error:
+            raise ConsumerFailed(f"getting the run's token from the producer: {error}") from None
+        try:
+            run_entry_point(
+                self._ready.environment,
+                self._ready.code,
+                space,
+                variables={
+                    "CONVEYOR_URL": self.options.producer_url,
+                    "CONVEYOR_TOKEN": secret,
+                    "CONVEYOR_PROVENANCE": json.dumps(values),
+                    "CONVEYOR_CONSUMER": self.name,
+                    "CONVEYOR_RUN_RECORD": str(record),
+                },
+                limits=self.options.limits,
+            )
+        finally:
+            self._revoke_run_token(token_id)
+
+    def _issue_run_token(self, run: str) -> tuple[int, str]:
+        """A consumer-run token from the producer, as the operator's user; its id and secret."""
+        issued = self.client.request(
+            "POST",
+            RUN_TOKENS,
+            json={
+                "expires_in_seconds": self.options.timeout_seconds + TOKEN_MARGIN_SECONDS,
+                "label": f"consumer {self.name} run {run}"[:255],
+            },
+        )
+        return int(issued["id"]), str(issued["token"])
+
+    def _revoke_run_token(self, token_id: int) -> None:
+        """Revoke a run's token; a failure is logged, the token still ends at its expiry."""
+        try:
+            self.client.request("DELETE", f"/api/v1/tokens/{token_id}")
+        except ApiError as error:
+            log.warning("consumer %s: run token %s not revoked: %s", self.name, token_id, error)
 
     def _download(self, item: InputFile, target: Path) -> None:
         with (

@@ -28,6 +28,8 @@ from conveyor.ingest.paths import UnsafePath, relative_parts
 STDERR_TAIL = 4000
 POLL_SECONDS = 0.05
 KILL_GRACE_SECONDS = 5.0
+# The least address space a run may be given: less and a venv's Python cannot start.
+MIN_MEMORY_BYTES = 64 * 1024**2
 # Sets the limits inside the child, then becomes the consumer: no preexec_fn, which is
 # unsafe in a threaded server. A limit above the hard one this process may not raise is
 # lowered to it. Python ignores SIGXFSZ, so a write past the file limit fails with EFBIG.

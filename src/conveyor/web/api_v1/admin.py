@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.auth import tokens
-from conveyor.errors import BadRequest, NotFound
+from conveyor.auth.principal import Principal
+from conveyor.auth.scopes import CONSUMER_RUN
+from conveyor.config import Settings
+from conveyor.db.types import iso_z, utcnow
+from conveyor.errors import BadRequest, Forbidden, NotFound
 from conveyor.ingest import policy
 from conveyor.web.deps import AdminDep, PrincipalDep, RuntimeDep
 
@@ -44,6 +49,16 @@ class TokenIn(BaseModel):
 
     user: str = Identifier
     admin: bool = False
+    label: str = Field("", max_length=255)
+
+
+class RunTokenIn(BaseModel):
+    """A consumer-run token for the caller itself."""
+
+    model_config = ConfigDict(extra="forbid")  # names no user: it is always the caller's
+    expires_in_seconds: float | None = Field(
+        None, gt=0, description="its life (default and most: CONVEYOR_RUN_TOKEN_MAX_SECONDS)"
+    )
     label: str = Field("", max_length=255)
 
 
@@ -123,9 +138,55 @@ def list_tokens(runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
         }
 
 
-@router.delete("/tokens/{token_id}", status_code=204, summary="Revoke an API token (admin)")
-def revoke_token(token_id: int, runtime: RuntimeDep, _: AdminDep) -> None:
-    """Revoke a token at once."""
+def _run_token_lifetime(settings: Settings, asked: float | None) -> float:
+    """The life of a self-issued run token: what was asked, within the server's maximum."""
+    most = settings.run_token_max_seconds
+    if asked is None:
+        return most
+    if asked > most:
+        raise BadRequest(
+            f"expires_in_seconds may be at most {most:g} on this server "
+            f"(CONVEYOR_RUN_TOKEN_MAX_SECONDS), not {asked:g}"
+        )
+    return asked
+
+
+@router.post("/tokens/consumer-run", status_code=201, summary="Issue yourself a consumer-run token")
+def create_run_token(
+    body: RunTokenIn, runtime: RuntimeDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """A token that may only publish and read, as the caller (never as an admin), ending by
+    itself; its secret is in this answer and nowhere else, ever."""
+    # A scoped token's scope does not open this route; this says so in the handler too,
+    # so that a scope opened to it later still could not mint more tokens.
+    if principal.scope is not None:
+        raise Forbidden(f"a {principal.scope} token may not issue tokens")
+    lifetime = _run_token_lifetime(runtime.settings, body.expires_in_seconds)
+    expires_at = utcnow() + timedelta(seconds=lifetime)
     with runtime.db.session() as session:
-        if not tokens.revoke_token(session, token_id):
+        issued = tokens.create_token(
+            session, principal.user, label=body.label, scope=CONSUMER_RUN, expires_at=expires_at
+        )
+    return {
+        "id": issued.id,
+        "user": issued.user,
+        "admin": issued.admin,
+        "scope": CONSUMER_RUN,
+        "expires_at": iso_z(expires_at),
+        "token": issued.secret,
+    }
+
+
+def _revocable_by(principal: Principal) -> str | None:
+    """Whose tokens the caller may revoke: an admin anyone's (None), a user only its own."""
+    return None if principal.admin else principal.user
+
+
+@router.delete(
+    "/tokens/{token_id}", status_code=204, summary="Revoke an API token (yours; any: admin)"
+)
+def revoke_token(token_id: int, runtime: RuntimeDep, principal: PrincipalDep) -> None:
+    """Revoke a token at once; another user's is not found unless the caller is an admin."""
+    with runtime.db.session() as session:
+        if not tokens.revoke_token(session, token_id, _revocable_by(principal)):
             raise NotFound(f"token {token_id} does not exist or is already revoked")
