@@ -16,6 +16,7 @@ from conveyor.cli.common import die, out, print_json, settings_or_die
 from conveyor.config import Settings, is_loopback
 from conveyor.db.engine import Database, DatabaseUnavailable
 from conveyor.db.migrate import current_revision, head_revision, upgrade
+from conveyor.heap import freeze_startup_objects
 from conveyor.ingest import policy
 from conveyor.observability.logs import configure_logging
 
@@ -108,10 +109,10 @@ def serve(
     if processes > 1:
         _serve_processes(runtime, host, port, processes, workers)
         return
+    app = create_app(runtime=runtime)
+    freeze_startup_objects()
     try:
-        uvicorn.run(
-            create_app(runtime=runtime), host=host, port=port, log_config=None, access_log=False
-        )
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
         runtime.close()
 
@@ -163,6 +164,7 @@ def worker(
     bind_runtime(runtime)
     sweeper = Sweeper(runtime, runtime.executor)
     sweeper.start()
+    freeze_startup_objects()
     try:
         celery_app.worker_main(
             [

@@ -129,11 +129,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 def app_from_environment() -> FastAPI:
     """The app of one of several server processes: settings from the environment."""
     from conveyor.config import load_settings
+    from conveyor.heap import freeze_startup_objects
     from conveyor.observability.logs import configure_logging
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
-    return create_app(settings=settings)
+    app = create_app(settings=settings)
+    freeze_startup_objects()
+    return app
 
 
 def describe(app: FastAPI) -> dict[str, Any]:
