@@ -2,14 +2,16 @@
 
 Two data sets, 1,000 files of 100 KiB and 4 files of 256 MiB, served from loopback FTP,
 HTTP (nginx-style index) and SFTP servers (the test suite's pyftpdlib, http.server and
-asyncssh servers, one process each, so every client meets the same server). For each
+asyncssh servers, each in a process of its own, so every client meets the same server and
+the benchmark's polling of Conveyor's API never holds the server's interpreter). For each
 protocol and data set: `rclone copy --transfers 4`, `lftp mirror --parallel=4` (FTP and
 HTTP), and a Conveyor mirror run with 4 threads on the embedded default (`conveyor serve`),
 timed from the run request until the release is published, archive writes included. Beside
 rclone alone, rclone followed by what Conveyor does beyond copying (sha256 of every file, a
 flush to disk before publishing) shows the cost of the same work, and `floor.py` (FTP and
 HTTP) what a bare threaded Python client reaches on this machine.
-Page cache is warm for every client (the servers read files the previous client read).
+Before each client, dirty pages are flushed, the page cache dropped (as root) and the
+served tree read back in: every client starts with the source cached and nothing else.
 Each Conveyor run gets a new server with an empty archive, so no blob is deduplicated
 against an earlier run; its peak RSS must not grow with file count. Nothing is deleted
 between the clients of one protocol, and after deleting a protocol's copies the benchmark
@@ -22,6 +24,7 @@ the last minute, which made whichever client came next pay for the deletions.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -29,8 +32,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -62,25 +67,88 @@ def make_files(root: Path, count: int, size: int) -> Path:
     return root
 
 
+@dataclass(frozen=True)
+class Served:
+    """Where a loopback server listens and how to log in to it."""
+
+    root: Path
+    host: str
+    port: int
+    user: str | None
+    password: str | None
+    known_hosts_line: str | None
+
+
 @contextmanager
-def serve(protocol: str, root: Path) -> Iterator[ServerInfo]:
-    """The loopback server of ``protocol`` over ``root``."""
-    if protocol == "ftp":
-        with ftp_server(root) as info:
-            yield info
-    elif protocol == "http":
-        with http_server(root, index_style="nginx") as info:
-            yield info
-    else:
-        with sftp_server(root) as info:
-            yield info
+def serve(protocol: str, root: Path) -> Iterator[Served]:
+    """The loopback server of ``protocol`` over ``root``, in a process of its own.
+
+    Not a thread of the benchmark: waiting for a Conveyor run means polling its API, and
+    each poll's interpreter time would stall a server sharing this process (and only while
+    Conveyor is the client).
+    """
+    context = multiprocessing.get_context("spawn")  # forking a process with threads is unsafe
+    answers = context.Queue()
+    stop = context.Event()
+    process = context.Process(target=_serve_until, args=(protocol, root, answers, stop))
+    process.start()
+    try:
+        yield Served(**answers.get(timeout=120))
+    finally:
+        stop.set()
+        process.join(30)
+        if process.is_alive():
+            process.kill()
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> float:
-    """Seconds for a command to finish (it must succeed), from clean page-cache writes."""
-    os.sync()  # no run pays for flushing what an earlier one wrote
+def _serve_until(protocol: str, root: Path, answers: Any, stop: Any) -> None:
+    """Run the server of ``protocol`` until ``stop`` is set; its address goes to ``answers``."""
+    logging.disable(logging.INFO)
+    servers: dict[str, Callable[[Path], AbstractContextManager[ServerInfo]]] = {
+        "ftp": ftp_server,
+        "http": lambda folder: http_server(folder, index_style="nginx"),
+        "sftp": sftp_server,
+    }
+    with servers[protocol](root) as info:
+        answers.put(
+            {
+                "root": root,
+                "host": info.host,
+                "port": info.port,
+                "user": info.user,
+                "password": info.password,
+                "known_hosts_line": info.known_hosts_line,
+            }
+        )
+        stop.wait()
+
+
+def settle(tree: Path) -> None:
+    """The same start for every client: nothing left to flush, and in the page cache only
+    the served ``tree``.
+
+    Each client leaves its copy dirty or cached; with many GiB cached, this virtual
+    machine's kernel reclaimed and compacted memory inside whichever client wrote next
+    (2.6 to 2.9 s of system time for a 1 GiB Conveyor run against 0.4 to 0.5 s). Dropping the
+    cache needs root; without it only the flush is done.
+    """
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError:
+        return
+    for path in tree.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                while handle.read(4 * MIB):
+                    pass
+
+
+def timed(command: list[str], tree: Path) -> float:
+    """Seconds for a command to finish (it must succeed), after :func:`settle`."""
+    settle(tree)
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
 
 
@@ -103,7 +171,7 @@ def hashed_and_synced(dest: Path) -> float:
     return time.perf_counter() - started
 
 
-def rclone(protocol: str, info: ServerInfo, dest: Path, known_hosts: Path) -> float:
+def rclone(protocol: str, info: Served, dest: Path, known_hosts: Path) -> float:
     """`rclone copy` of the whole tree with 4 transfers."""
     password = subprocess.run(
         ["rclone", "obscure", info.password or ""], check=True, capture_output=True, text=True
@@ -120,30 +188,31 @@ def rclone(protocol: str, info: ServerInfo, dest: Path, known_hosts: Path) -> fl
     # which pyftpdlib answers with 426 and rclone 1.60 counts as a failure: one stream a file.
     streams = ["--multi-thread-streams", "0"] if protocol == "ftp" else []
     command = ["rclone", "copy", "--transfers", str(THREADS), *streams, "--config", "/dev/null"]
-    return timed([*command, remote, str(dest)])
+    return timed([*command, remote, str(dest)], info.root)
 
 
-def python_floor(protocol: str, info: ServerInfo, tree: Path, dest: Path) -> float:
+def python_floor(protocol: str, info: Served, tree: Path, dest: Path) -> float:
     """`floor.py`: the known files fetched by 4 bare ftplib or urllib3 threads, no more."""
     listing = dest.parent / f"{dest.name}.list"
     listing.write_text("\n".join(sorted(str(p.relative_to(tree)) for p in tree.rglob("*.bin"))))
     command = [sys.executable, str(FLOOR), protocol, info.host, str(info.port)]
-    return timed([*command, info.user or "", info.password or "", str(listing), str(dest)])
+    command += [info.user or "", info.password or "", str(listing), str(dest)]
+    return timed(command, info.root)
 
 
-def lftp(protocol: str, info: ServerInfo, dest: Path) -> float:
+def lftp(protocol: str, info: Served, dest: Path) -> float:
     """`lftp mirror --parallel=4` of the whole tree."""
     if protocol == "ftp":
         script = f"open -u {info.user},{info.password} -p {info.port} {info.host}; "
     else:
         script = f"open http://{info.host}:{info.port}/; "
     script += f"mirror --parallel={THREADS} / {dest}; quit"
-    return timed(["lftp", "-c", script])
+    return timed(["lftp", "-c", script], info.root)
 
 
-def conveyor(url: str, protocol: str, info: ServerInfo, known_hosts: Path, name: str) -> float:
+def conveyor(url: str, protocol: str, info: Served, known_hosts: Path, name: str) -> float:
     """A mirror run from the request until its release is published."""
-    os.sync()
+    settle(info.root)
     source: dict[str, object] = {
         "protocol": protocol,
         "server": f"{info.host}:{info.port}",
@@ -160,14 +229,15 @@ def conveyor(url: str, protocol: str, info: ServerInfo, known_hosts: Path, name:
         "threads": THREADS,
         "release": {"format": f"{name}-%Y%m%d%H%M%S"},
     }
-    answer = httpx.post(f"{url}/api/v1/mirrors", json=definition, timeout=30)
-    answer.raise_for_status()
-    started = time.perf_counter()
-    run = httpx.post(f"{url}/api/v1/mirrors/{name}/runs", timeout=30).json()
-    while run["state"] not in ("published", "up_to_date", "failed", "cancelled"):
-        time.sleep(0.05)
-        run = httpx.get(f"{url}/api/v1/mirror-runs/{run['id']}", timeout=30).json()
-    elapsed = time.perf_counter() - started
+    # One client for every poll: making one costs 16 ms of CPU (its TLS context).
+    with httpx.Client(base_url=url, timeout=30) as client:
+        client.post("/api/v1/mirrors", json=definition).raise_for_status()
+        started = time.perf_counter()
+        run = client.post(f"/api/v1/mirrors/{name}/runs").json()
+        while run["state"] not in ("published", "up_to_date", "failed", "cancelled"):
+            time.sleep(0.05)
+            run = client.get(f"/api/v1/mirror-runs/{run['id']}").json()
+        elapsed = time.perf_counter() - started
     if run["state"] != "published":
         raise RuntimeError(f"mirror run failed: {run}")
     return elapsed
