@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
+from prometheus_client import Counter
 from sqlalchemy import Table, bindparam, insert, or_, select, tuple_, update
 
 from conveyor.db.models import File, MirrorRun, MirrorRunFile, StagedBlob
@@ -116,6 +117,7 @@ class Downloader:
         self.interrupted_run = interrupted_run
         self.policy: RetryPolicy = retry_policy(definition.stop_condition, definition.wait_policy)
         self.gates = {_host_key(spec): HostGate(definition.threads) for spec in specs}
+        self._counters = [_HostCounters.of(definition.name, spec) for spec in specs]
         self.stopping = threading.Event()
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -219,7 +221,7 @@ class Downloader:
             metrics.MIRROR_REUSED.labels(mirror=self.definition.name).inc()
             return Outcome(row.id, states.FILE_REUSED, prior=prior)
         spec = self.specs[row.source_index]
-        labels = {"mirror": self.definition.name, "host": spec.host or spec.protocol}
+        counters = self._counters[row.source_index]
         started = time.monotonic()
         try:
             wanted = Wanted(
@@ -243,17 +245,17 @@ class Downloader:
         except RunCancelled:
             return Outcome(row.id, states.FILE_PENDING)
         except MirrorError as error:
-            metrics.MIRROR_DOWNLOAD_ERRORS.labels(**labels).inc()
+            counters.errors.inc()
             return Outcome(row.id, states.FILE_FAILED, error=str(error), attempts=error.attempts)
-        metrics.MIRROR_DOWNLOADS.labels(**labels).inc()
-        metrics.MIRROR_DOWNLOAD_BYTES.labels(**labels).inc(fetched.size)
-        metrics.MIRROR_DOWNLOAD_SECONDS.labels(**labels).inc(time.monotonic() - started)
+        counters.downloads.inc()
+        counters.bytes.inc(fetched.size)
+        counters.seconds.inc(time.monotonic() - started)
         return Outcome(row.id, states.FILE_DONE, fetched=fetched, crc32=stored)
 
     def _store(self, fetched: Fetched) -> int:
         """Hand the file to the archive (a rename when it can be); its CRC-32."""
         hashes = {"sha256": fetched.sha256, "crc32": f"{fetched.crc32:08x}"}
-        self.runtime.archive.adopt(fetched.path, hashes)
+        self.runtime.archive.adopt(fetched.path, hashes, fetched.size)
         return fetched.crc32
 
     def _source(self, index: int) -> Source:
@@ -384,6 +386,25 @@ class Downloader:
                     select(MirrorRun.cancel_requested).where(MirrorRun.id == self.run_id)
                 )
             )
+
+
+class _HostCounters(NamedTuple):
+    """One source's Prometheus counters, found once per run rather than once per file."""
+
+    downloads: Counter
+    errors: Counter
+    bytes: Counter
+    seconds: Counter
+
+    @classmethod
+    def of(cls, mirror: str, spec: SourceSpec) -> _HostCounters:
+        labels = {"mirror": mirror, "host": spec.host or spec.protocol}
+        return cls(
+            metrics.MIRROR_DOWNLOADS.labels(**labels),
+            metrics.MIRROR_DOWNLOAD_ERRORS.labels(**labels),
+            metrics.MIRROR_DOWNLOAD_BYTES.labels(**labels),
+            metrics.MIRROR_DOWNLOAD_SECONDS.labels(**labels),
+        )
 
 
 def _host_key(spec: SourceSpec) -> str:

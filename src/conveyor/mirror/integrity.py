@@ -36,6 +36,7 @@ STREAM_OPENERS: dict[str, Callable[..., Any]] = {
     ".bz2": bz2.open,
     ".xz": lzma.open,
 }
+ARCHIVE_SUFFIXES = (*TAR_SUFFIXES, ".zip", *STREAM_OPENERS)
 DECODE_ERRORS = (
     OSError,
     EOFError,
@@ -57,7 +58,9 @@ def check_archive(path: Path, name: str | None = None) -> None:
     Files of other types pass untouched. Raises :class:`CorruptFile`.
     """
     label = (name or path.name).lower()
-    if path.stat().st_size == 0 and label.endswith((*TAR_SUFFIXES, ".zip", *STREAM_OPENERS)):
+    if not label.endswith(ARCHIVE_SUFFIXES):
+        return
+    if path.stat().st_size == 0:
         # Python reads an empty .gz as an empty stream; gunzip, rightly, does not.
         raise CorruptFile(f"{name or path.name} is empty, which no archive of its type is")
     try:

@@ -165,14 +165,16 @@ class Archive:
         self.store.publish(temp, final)
         return StoredBlob(digest, size, hashes, created=True)
 
-    def adopt(self, path: Path, hashes: dict[str, str]) -> StoredBlob:
-        """Take in a finished local file whose ``sha256`` (and ``crc32``) are known.
+    def adopt(self, path: Path, hashes: dict[str, str], size: int | None = None) -> StoredBlob:
+        """Take in a finished local file whose ``sha256`` (and ``crc32``, and ``size`` when
+        given) are known.
 
         A folder archive on the same filesystem gets it by one rename to the blob's name,
         without copying a byte; any other store streams it. The file is gone afterwards
         either way.
         """
-        size = path.stat().st_size
+        if size is None:
+            size = path.stat().st_size
         final = self.store.local_path(blob_key(hashes["sha256"]))
         if final is not None:
             try:
