@@ -542,6 +542,18 @@ def test_a_changed_host_key_is_refused_whatever_ssh_new_host_says(
     assert known.read_text() == line
 
 
+@pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes256-ctr"])
+def test_sftp_prefers_aes_gcm_but_still_meets_a_server_without_it(
+    cipher: str, tmp_path: Path
+) -> None:
+    (tmp_path / "bank").mkdir()
+    (tmp_path / "bank" / NAME).write_bytes(b"x")
+    known = tmp_path / "known_hosts"
+    with sftp_server(tmp_path / "bank", encryption_algs=[cipher]) as info:
+        known.write_text(f"{info.known_hosts_line}\n")
+        assert _list_sftp(info, known, None) == {NAME}
+
+
 # --- 10. TLS options --------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
@@ -1158,11 +1158,16 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
 
 @contextmanager
 def sftp_server(
-    root: Path, *, user: str = "user", password: str = "secret"
+    root: Path,
+    *,
+    user: str = "user",
+    password: str = "secret",
+    encryption_algs: Sequence[str] = (),
 ) -> Iterator[ServerInfo]:
     """Serve ``root`` read-only over SFTP (asyncssh on its own loop in a background thread).
 
-    Password login, a fresh ed25519 host key (``known_hosts_line``), chroot to ``root``.
+    Password login, a fresh ed25519 host key (``known_hosts_line``), chroot to ``root``;
+    ``encryption_algs`` limits the ciphers it accepts (default: asyncssh's).
     Faults: ``cut_after`` / ``stall_after`` on reads of a file (a short read up to the limit,
     then the next read closes the SFTP channel, after the answers already sent, or waits
     ``stall_seconds``); every read is logged as ``"READ path offset"``.
@@ -1186,6 +1191,7 @@ def sftp_server(
             sftp_factory=lambda chan: sftp_class(chan, state),
             allow_scp=False,
             login_timeout=30,
+            encryption_algs=list(encryption_algs) or (),
         )
 
     async def stop() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import asyncssh
+from asyncssh.encryption import get_default_encryption_algs
 
 from conveyor.aioloop import background_loop, run_on_loop
 from conveyor.mirror.entries import RemoteEntry
@@ -26,6 +27,14 @@ T = TypeVar("T")
 # A cut loses at most the span being read: the spans before it were handed over whole.
 READ_SPAN = 256 * 1024
 LIST_BATCH = 1000
+# AES-GCM before asyncssh's default ChaCha20-Poly1305: with the CPU's AES instructions it is
+# one OpenSSL call a packet, where ChaCha20-Poly1305 takes several steps in Python. 1,000
+# small files: 2.63-2.75 s -> 2.11-2.18 s; 4 x 256 MiB: 5.55 -> 4.17 s (bench/mirror).
+AEAD_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+ENCRYPTION_ALGS = [
+    *AEAD_FIRST,
+    *(name.decode() for name in get_default_encryption_algs() if name.decode() not in AEAD_FIRST),
+]
 
 
 @register
@@ -116,6 +125,7 @@ class SftpSource(Source):
                 client_keys=None,
                 agent_path=None,
                 keepalive_interval=spec.options.tcp_keepalive or None,
+                encryption_algs=ENCRYPTION_ALGS,
             ),
             spec.connect_timeout,
         )
