@@ -24,6 +24,7 @@ import pytest
 from conveyor.mirror.errors import SourceError
 from conveyor.mirror.matching import select_files
 from conveyor.mirror.sources import Source, open_source
+from conveyor.mirror.sources import base as sources_base
 from conveyor.mirror.spec import Credentials, SourceOptions, SourceSpec
 from tests.support.mirror_servers import ftp_server, http_server, sftp_server
 from tests.support.object_stores import S3_REGION, gcs_filesystem, s3_filesystem
@@ -277,6 +278,17 @@ def test_reads_from_an_offset(source: Source, offset: int) -> None:
 
 @pytest.mark.parametrize("offset", [0, 262_144, 600_000])
 def test_reads_into_a_part_file_resuming_it(source: Source, tmp_path: Path, offset: int) -> None:
+    part = tmp_path / "gamma.bin.part"
+    part.write_bytes(BIG[:offset])
+    assert b"".join(source.read_into("sub/gamma.bin", part, offset)) == BIG[offset:]
+    assert part.read_bytes() == BIG
+
+
+@pytest.mark.parametrize("offset", [0, 262_144])
+def test_reads_into_a_part_file_sending_spans_to_disk_on_the_way(
+    source: Source, tmp_path: Path, offset: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources_base, "WRITEBACK_SPAN", 100_000)
     part = tmp_path / "gamma.bin.part"
     part.write_bytes(BIG[:offset])
     assert b"".join(source.read_into("sub/gamma.bin", part, offset)) == BIG[offset:]
