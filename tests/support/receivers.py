@@ -137,11 +137,18 @@ def _handler_for(receiver_box: list[Receiver]) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _ReceiverServer(ThreadingHTTPServer):
+    """A threading server whose listen backlog takes every sender of two dispatchers at
+    once (the default of 5 drops connection attempts under load)."""
+
+    request_queue_size = 128
+
+
 @contextmanager
 def running_receiver(port: int = 0) -> Iterator[Receiver]:
     """A receiver listening on loopback (``port``, or a free one), stopped afterwards."""
     box: list[Receiver] = []
-    server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(box))
+    server = _ReceiverServer(("127.0.0.1", port), _handler_for(box))
     server.daemon_threads = True
     receiver = Receiver(server)
     box.append(receiver)
