@@ -11,6 +11,9 @@ import re
 from conveyor.errors import Forbidden
 
 CONSUMER_RUN = "consumer-run"
+# A run's token outlives the run's timeout by this much (publishing its outputs), then
+# expires: the same for runs on the server and for `consumer serve` runs elsewhere.
+RUN_TOKEN_MARGIN_SECONDS = 3600.0
 
 ROUTES: dict[str, tuple[tuple[str, re.Pattern[str]], ...]] = {
     CONSUMER_RUN: (

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conveyor.auth import tokens
-from conveyor.auth.scopes import CONSUMER_RUN
+from conveyor.auth.scopes import CONSUMER_RUN, RUN_TOKEN_MARGIN_SECONDS
 from conveyor.consumers import provenance, registry
 from conveyor.consumers.environments import ConsumerSetupError
 from conveyor.consumers.installed import Installed, installed
@@ -66,8 +66,6 @@ from conveyor.runtime import Runtime
 log = logging.getLogger(__name__)
 
 INSTALL_TASK = "install consumer"
-# A run's token outlives its timeout by this much (publishing the outputs), then expires.
-TOKEN_MARGIN_SECONDS = 3600.0
 
 
 @internal_target("consumer")
@@ -265,7 +263,7 @@ def _record_provenance(runtime: Runtime, job_id: int, values: dict[str, str]) ->
 
 
 def _run_token(runtime: Runtime, settings: _RunSettings, name: str, job_id: int) -> tuple[int, str]:
-    lifetime = settings.limits.timeout_seconds + TOKEN_MARGIN_SECONDS
+    lifetime = settings.limits.timeout_seconds + RUN_TOKEN_MARGIN_SECONDS
     with runtime.db.session() as session:
         issued = tokens.create_token(
             session,

@@ -27,6 +27,7 @@ from typing import Any
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from conveyor.auth.scopes import RUN_TOKEN_MARGIN_SECONDS
 from conveyor.client.api import ApiError, ConveyorClient
 from conveyor.client.bundler import BundleFile, BundleStream, metadata_fields
 from conveyor.consumers.installed import Installed, installed
@@ -50,9 +51,6 @@ log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 64 * 1024 * 1024
 RUN_RECORD = "published.json"
 RUN_TOKENS = "/api/v1/tokens/consumer-run"
-# A run's token outlives its timeout by this much (a consumer publishing through upload()
-# waits for its ingest job), as the producer's own runs' tokens do.
-TOKEN_MARGIN_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -279,7 +277,7 @@ class RemoteConsumer:
             "POST",
             RUN_TOKENS,
             json={
-                "expires_in_seconds": self.options.timeout_seconds + TOKEN_MARGIN_SECONDS,
+                "expires_in_seconds": self.options.timeout_seconds + RUN_TOKEN_MARGIN_SECONDS,
                 "label": f"consumer {self.name} run {run}"[:255],
             },
         )

@@ -13,7 +13,7 @@ from conveyor.auth.principal import Principal
 from conveyor.auth.scopes import CONSUMER_RUN
 from conveyor.config import Settings
 from conveyor.db.types import iso_z, utcnow
-from conveyor.errors import BadRequest, Forbidden, NotFound
+from conveyor.errors import BadRequest, NotFound
 from conveyor.ingest import policy
 from conveyor.web.deps import AdminDep, PrincipalDep, RuntimeDep
 
@@ -157,10 +157,6 @@ def create_run_token(
 ) -> dict[str, Any]:
     """A token that may only publish and read, as the caller (never as an admin), ending by
     itself; its secret is in this answer and nowhere else, ever."""
-    # A scoped token's scope does not open this route; this says so in the handler too,
-    # so that a scope opened to it later still could not mint more tokens.
-    if principal.scope is not None:
-        raise Forbidden(f"a {principal.scope} token may not issue tokens")
     lifetime = _run_token_lifetime(runtime.settings, body.expires_in_seconds)
     expires_at = utcnow() + timedelta(seconds=lifetime)
     with runtime.db.session() as session:
