@@ -52,21 +52,25 @@ class TcpProxy:
         self._flowing.set()
 
     def sever(self) -> None:
-        """Close every open connection at once; the proxy keeps accepting new ones."""
+        """Cut every open connection at once; the proxy keeps accepting new ones."""
         with self._lock:
             held = list(self._sockets)
             self._sockets.clear()
+        # Shut down, never close, here: a pump thread may be about to read the socket, and
+        # a closed descriptor can be reused at once by the next connection the proxy
+        # accepts, whose bytes that thread would then swallow.
         for sock in held:
-            _drop(sock)
+            _shut(sock)
 
     def close(self) -> None:
         """Stop listening and drop every connection."""
         self._closed = True
         self._flowing.set()
-        _drop(self._listener)
+        _shut(self._listener)
         self.sever()
         for thread in list(self._threads):
             thread.join(timeout=5)
+        self._listener.close()
 
     def _start(self, target: Callable[..., None], name: str, *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -87,8 +91,21 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets.update((client, upstream))
-            self._start(self._pump, "proxy-up", client, upstream)
-            self._start(self._pump, "proxy-down", upstream, client)
+            self._start(self._serve_pair, "proxy-pair", client, upstream)
+
+    def _serve_pair(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Pump both ways; this thread alone closes the pair, once neither pump uses it."""
+        down = threading.Thread(
+            target=self._pump, args=(upstream, client), name="proxy-down", daemon=True
+        )
+        down.start()
+        self._pump(client, upstream)
+        down.join()
+        with self._lock:
+            self._sockets.discard(client)
+            self._sockets.discard(upstream)
+        client.close()
+        upstream.close()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
@@ -103,11 +120,14 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            with self._lock:
-                self._sockets.discard(source)
-                self._sockets.discard(sink)
-            _drop(source)
-            _drop(sink)
+            # Wakes the pump going the other way, which is blocked reading.
+            _shut(source)
+            _shut(sink)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _drop(sock: socket.socket) -> None:

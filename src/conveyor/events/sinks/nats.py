@@ -68,6 +68,11 @@ class NatsSink(EventSink):
     ) -> None:
         async with asyncio.timeout(self.timeout):
             await client.publish(subject, body, headers=headers)
+            # nats-py writes a flush's PING straight to the socket, ahead of the publish still
+            # queued for its flusher task, so the first PONG can come back for a message the
+            # server has not seen (lost if the connection drops then). The second PING goes
+            # out after the flusher has written the publish; its PONG is the confirmation.
+            await client.flush(timeout=int(max(1.0, self.timeout)))
             await client.flush(timeout=int(max(1.0, self.timeout)))
 
     def _connect(self, server: str, username: str | None, outgoing: Outgoing) -> NatsClient:
