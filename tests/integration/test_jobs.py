@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -179,6 +180,67 @@ def test_archive_gc_deletes_only_old_unreferenced_blobs(
     report = collect_garbage(runtime.db, runtime.archive, 3600)
     assert report.removed == 1
     assert set(runtime.archive.blobs()) == kept | {orphan_new}
+
+
+def test_archive_gc_keeps_the_blobs_of_a_mirror_run_still_going(runtime: Runtime) -> None:
+    """A run publishes its files at its end, maybe days after their download."""
+    import os
+    import time
+
+    from conveyor.db.models import Mirror, MirrorRun, MirrorRunFile
+    from conveyor.ingest.staging import collect_garbage
+    from conveyor.storage.archive import blob_key
+
+    blob = runtime.archive.put_bytes(b"downloaded at the start of a long run").sha256
+    path = runtime.archive.store.local_path(blob_key(blob))
+    assert path is not None
+    old = time.time() - 3 * 86400
+    os.utime(path, (old, old))
+    with runtime.db.session() as session:
+        job_id = service.create_job(session, "mirror.run", "someone", {}).id
+        mirror = Mirror(name="bank", owner="someone", definition={})
+        session.add(mirror)
+        session.flush()
+        run = MirrorRun(mirror_id=mirror.id, job_id=job_id, state="downloading")
+        session.add(run)
+        session.flush()
+        session.add(MirrorRunFile(run_id=run.id, path="a", save_as="a", url="x", sha256=blob))
+        run_id = run.id
+
+    assert collect_garbage(runtime.db, runtime.archive, 86400).removed == 0
+    assert runtime.archive.exists(blob)
+
+    with runtime.db.session() as session:
+        session.execute(update(MirrorRun).where(MirrorRun.id == run_id).values(state="failed"))
+    assert collect_garbage(runtime.db, runtime.archive, 86400).removed == 1
+    assert not runtime.archive.exists(blob)
+
+
+def test_archive_gc_keeps_an_old_blob_a_writer_has_just_reused(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """The writer's reference comes a moment after it found the blob already stored."""
+    import hashlib
+    import os
+    import time
+
+    from conveyor.ingest.staging import collect_garbage
+    from conveyor.storage.archive import blob_key
+
+    data = b"the same bytes, downloaded again"
+    blob = runtime.archive.put_bytes(data).sha256
+    path = runtime.archive.store.local_path(blob_key(blob))
+    assert path is not None
+    old = time.time() - 3 * 86400
+    os.utime(path, (old, old))
+    again = tmp_path / "again"
+    again.write_bytes(data)
+
+    stored = runtime.archive.adopt(again, {"sha256": hashlib.sha256(data).hexdigest()})
+
+    assert stored.created is False
+    assert collect_garbage(runtime.db, runtime.archive, 86400).removed == 0
+    assert runtime.archive.exists(blob)
 
 
 def test_a_failure_after_a_job_ended_does_not_turn_it_into_a_failed_one(

@@ -13,10 +13,11 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from conveyor.db.engine import Database
-from conveyor.db.models import Consumer, File, SpentBlob, StagedBlob
+from conveyor.db.models import Consumer, File, MirrorRun, MirrorRunFile, SpentBlob, StagedBlob
 from conveyor.db.types import utcnow
 from conveyor.db.upsert import insert_many_missing
 from conveyor.ingest.bundle import StagedMember
+from conveyor.mirror import states as mirror_states
 from conveyor.storage.archive import Archive, blob_key
 from conveyor.storage.errors import ArchiveError
 
@@ -145,10 +146,20 @@ def drop_spent(db: Database, archive: Archive, grace_seconds: float, limit: int 
 
 
 def referenced(session: Session, candidates: Iterable[str]) -> set[str]:
-    """The blobs among ``candidates`` a file, a staging job or a consumer package uses."""
+    """The blobs among ``candidates`` a file, a staging job, a consumer package or a mirror
+    run still going uses."""
     wanted = list(candidates)
     used = set(session.scalars(select(File.sha256).where(File.sha256.in_(wanted))))
     used |= set(session.scalars(select(StagedBlob.sha256).where(StagedBlob.sha256.in_(wanted))))
+    # A run's files are referenced only once it publishes, which for a large bank can be
+    # longer after their download than the age `archive gc` trusts to mean "abandoned".
+    used |= set(
+        session.scalars(
+            select(MirrorRunFile.sha256)
+            .join(MirrorRun, MirrorRun.id == MirrorRunFile.run_id)
+            .where(MirrorRun.state.in_(mirror_states.ACTIVE), MirrorRunFile.sha256.in_(wanted))
+        )
+    )
     used |= set(session.scalars(select(Consumer.sha256).where(Consumer.sha256.in_(wanted))))
     used |= set(
         session.scalars(select(Consumer.pending_sha256).where(Consumer.pending_sha256.in_(wanted)))

@@ -159,11 +159,14 @@ class Archive:
         self.store.check_written(temp, size)
         digest = hashes["sha256"]
         final = blob_key(digest)
-        if self.store.size(final) == size:
+        held = self.store.size(final) == size
+        # A local folder renews a blob it holds by a rename (see _rename_into); an object
+        # store would copy all of it, so there the held blob stays as it is.
+        if held and self.store.local_path(final) is None:
             self.store.delete(temp)
             return StoredBlob(digest, size, hashes, created=False)
         self.store.publish(temp, final)
-        return StoredBlob(digest, size, hashes, created=True)
+        return StoredBlob(digest, size, hashes, created=not held)
 
     def adopt(self, path: Path, hashes: dict[str, str], size: int | None = None) -> StoredBlob:
         """Take in a finished local file whose ``sha256`` (and ``crc32``, and ``size`` when
@@ -281,14 +284,16 @@ def _move(path: Path, target: Path) -> None:
 
 
 def _rename_into(path: Path, final: Path, size: int, hashes: dict[str, str]) -> StoredBlob:
-    """Give a complete, checked file its blob name by a rename (atomic on one filesystem),
-    unless the archive holds that blob already: no temporary name is needed in between."""
+    """Give a complete, checked file its blob name by a rename (atomic on one filesystem):
+    no temporary name is needed in between.
+
+    A blob the archive holds already is replaced by the same bytes rather than kept: the
+    new copy is young, so `archive gc` cannot take it for an abandoned one before the
+    reference that reuses it is written.
+    """
     try:
         held = final.stat().st_size
     except FileNotFoundError:
         held = None
-    if held == size:
-        path.unlink()
-        return StoredBlob(hashes["sha256"], size, hashes, created=False)
     _move(path, final)
-    return StoredBlob(hashes["sha256"], size, hashes, created=True)
+    return StoredBlob(hashes["sha256"], size, hashes, created=held != size)
