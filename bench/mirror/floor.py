@@ -4,13 +4,18 @@ No listing, no hashing, no resume or checks, no archive or database: ftplib or u
 libraries Conveyor's FTP and HTTP sources use), one connection a thread, each file written
 to its own new file. What any threaded Python mirror on this machine can at best reach;
 run as a process of its own, so it shares no interpreter with the benchmark's servers.
+``http-async`` does the same with 4 connections on one asyncio loop (aiohttp on uvloop,
+both already among Conveyor's locked dependencies): one thread, so no interpreter lock
+handed between transfer threads around every system call.
 
     python bench/mirror/floor.py PROTOCOL HOST PORT USER PASSWORD LIST DEST
 """
 
 from __future__ import annotations
 
+import asyncio
 import ftplib
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -56,16 +61,49 @@ def http_worker(host: str, port: int) -> Callable[[str, Path], None]:
     return fetch
 
 
+def http_async(host: str, port: int, paths: list[str], root: Path) -> None:
+    """Every file over 4 kept-alive connections driven by one event loop."""
+    # Imported here: the threaded floors would otherwise pay for loading them.
+    import aiohttp
+    import uvloop
+
+    async def fetch_all() -> None:
+        queue = list(reversed(paths))
+        connector = aiohttp.TCPConnector(limit=THREADS)
+        async with aiohttp.ClientSession(
+            f"http://{host}:{port}", connector=connector, auto_decompress=False
+        ) as session:
+
+            async def worker() -> None:
+                while queue:
+                    path = queue.pop()
+                    async with session.get(f"/{path}") as response:
+                        response.raise_for_status()
+                        out = os.open(root / path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+                        try:
+                            async for chunk in response.content.iter_any():
+                                os.write(out, chunk)
+                        finally:
+                            os.close(out)
+
+            await asyncio.gather(*(worker() for _ in range(THREADS)))
+
+    uvloop.run(fetch_all())
+
+
 def main() -> None:
     protocol, host, port, user, password, listing, dest = sys.argv[1:8]
     paths = Path(listing).read_text().split()
+    root = Path(dest)
+    for folder in {path.rpartition("/")[0] for path in paths}:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    if protocol == "http-async":
+        http_async(host, int(port), paths, root)
+        return
     if protocol == "ftp":
         fetch = ftp_worker(host, int(port), user, password)
     else:
         fetch = http_worker(host, int(port))
-    root = Path(dest)
-    for folder in {path.rpartition("/")[0] for path in paths}:
-        (root / folder).mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(THREADS) as pool:
         for done in [pool.submit(fetch, path, root / path) for path in paths]:
             done.result()

@@ -9,7 +9,8 @@ HTTP), and a Conveyor mirror run with 4 threads on the embedded default (`convey
 timed from the run request until the release is published, archive writes included. Beside
 rclone alone, rclone followed by what Conveyor does beyond copying (sha256 of every file, a
 flush to disk before publishing) shows the cost of the same work, and `floor.py` (FTP and
-HTTP) what a bare threaded Python client reaches on this machine.
+HTTP) what a bare threaded Python client reaches on this machine (over HTTP also with 4
+connections on one asyncio loop instead of 4 threads).
 Before each client, dirty pages are flushed, the page cache dropped (as root) and the
 served tree read back in: every client starts with the source cached and nothing else.
 Each Conveyor run gets a new server with an empty archive, so no blob is deduplicated
@@ -192,7 +193,8 @@ def rclone(protocol: str, info: Served, dest: Path, known_hosts: Path) -> float:
 
 
 def python_floor(protocol: str, info: Served, tree: Path, dest: Path) -> float:
-    """`floor.py`: the known files fetched by 4 bare ftplib or urllib3 threads, no more."""
+    """`floor.py`: the known files fetched by 4 bare ftplib or urllib3 threads (or, for
+    ``http-async``, 4 aiohttp connections on one event loop), no more."""
     listing = dest.parent / f"{dest.name}.list"
     listing.write_text("\n".join(sorted(str(p.relative_to(tree)) for p in tree.rglob("*.bin"))))
     command = [sys.executable, str(FLOOR), protocol, info.host, str(info.port)]
@@ -265,10 +267,10 @@ def fresh_conveyor(data_dir: Path, run: Callable[[str], float]) -> tuple[float, 
 
 def compare(
     protocol: str, tree: Path, work: Path, repeat: int
-) -> tuple[float, float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float, float]:
     """Median seconds of rclone, rclone with Conveyor's extra work (hashing, a flush), lftp
-    and the bare Python client (FTP and HTTP only) and Conveyor on one server; and
-    Conveyor's highest peak RSS."""
+    and the bare Python client (FTP and HTTP only), its asyncio form (HTTP only) and
+    Conveyor on one server; and Conveyor's highest peak RSS."""
     with serve(protocol, tree) as info:
         known = work / "known_hosts"
         known.write_text(f"{info.known_hosts_line or ''}\n")
@@ -286,7 +288,11 @@ def compare(
             return rclone(protocol, info, dest, known) + hashed_and_synced(dest)
 
         clone_plus = median_of(repeat, equal_work)
-        mirror = floor = float("nan")
+        mirror = floor = async_floor = float("nan")
+        if protocol == "http":
+            async_floor = median_of(
+                repeat, lambda n: python_floor("http-async", info, tree, fresh(f"async{n}"))
+            )
         if protocol != "sftp":
             mirror = median_of(repeat, lambda n: lftp(protocol, info, fresh(f"lftp{n}")))
             floor = median_of(
@@ -304,7 +310,7 @@ def compare(
 
         ours = median_of(repeat, ours_once)
     forget(work / "dest")
-    return clone, clone_plus, mirror, floor, ours, max(peaks)
+    return clone, clone_plus, mirror, floor, async_floor, ours, max(peaks)
 
 
 def forget(folder: Path) -> None:
@@ -322,18 +328,20 @@ def main() -> None:
     logging.disable(logging.INFO)
     print(
         f"{'set':18} {'proto':5} {'rclone s':>9} {'+hash+sync s':>12} {'lftp s':>7} "
-        f"{'python s':>8} {'conveyor s':>10} {'vs rclone':>9} {'vs +hash':>8} "
+        f"{'python s':>8} {'async s':>7} {'conveyor s':>10} {'vs rclone':>9} {'vs +hash':>8} "
         f"{'vs python':>9} {'MB/s':>6} {'RSS MB':>7}"
     )
     for label, (count, size) in SETS.items():
         tree = make_files(work / f"set-{count}", count, size)
         total_mb = count * size / MIB
         for protocol in ("ftp", "http", "sftp"):
-            clone, plus, mirror, floor, ours, peak = compare(protocol, tree, work, repeat)
+            clone, plus, mirror, floor, async_floor, ours, peak = compare(
+                protocol, tree, work, repeat
+            )
             print(
                 f"{label:18} {protocol:5} {clone:9.2f} {plus:12.2f} {mirror:7.2f} "
-                f"{floor:8.2f} {ours:10.2f} {clone / ours:9.2f} {plus / ours:8.2f} "
-                f"{floor / ours:9.2f} {total_mb / ours:6.0f} {peak:7.0f}"
+                f"{floor:8.2f} {async_floor:7.2f} {ours:10.2f} {clone / ours:9.2f} "
+                f"{plus / ours:8.2f} {floor / ours:9.2f} {total_mb / ours:6.0f} {peak:7.0f}"
             )
 
 
