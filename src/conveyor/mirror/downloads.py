@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -165,6 +165,9 @@ class Downloader:
 
     def _settle(self, running: list[tuple[PendingFile, Future[Outcome]]]) -> list[dict[str, str]]:
         """Wait for a batch, record its outcomes; the errors of its failed files."""
+        # One wait for the whole batch: waiting on each future in turn woke this thread
+        # for every file, and each wake-up took the interpreter from a transfer thread.
+        wait([future for _, future in running])
         outcomes = [future.result() for _, future in running]
         self._record(outcomes)
         return [
