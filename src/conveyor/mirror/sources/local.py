@@ -25,7 +25,7 @@ class LocalSource(Source):
         return join_remote(self.spec.server, self.spec.remote_dir)
 
     def local_path(self, path: str) -> Path:
-        """Where ``path`` is on this machine (so a mirror can hard-link it)."""
+        """Where ``path`` is on this machine."""
         return Path(join_remote(self.root, path))
 
     def list(self, folder: str = "") -> Iterator[RemoteEntry]:
