@@ -9,6 +9,7 @@ rounded index page, a file's time on an object store) is declared per backend, n
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import random
 import uuid
@@ -289,10 +290,24 @@ def test_reads_into_a_part_file_sending_spans_to_disk_on_the_way(
     source: Source, tmp_path: Path, offset: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sources_base, "WRITEBACK_SPAN", 100_000)
+    advised: list[tuple[int, int]] = []
+    real_advise = os.posix_fadvise
+
+    def recording_advise(descriptor: int, start: int, length: int, advice: int) -> None:
+        advised.append((start, length))
+        real_advise(descriptor, start, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording_advise)
     part = tmp_path / "gamma.bin.part"
     part.write_bytes(BIG[:offset])
     assert b"".join(source.read_into("sub/gamma.bin", part, offset)) == BIG[offset:]
     assert part.read_bytes() == BIG
+    if type(source).read_into is Source.read_into:  # rsync writes the part itself
+        # Contiguous spans of at least the span size, from the resume offset on.
+        assert advised, "no span was sent to disk"
+        assert advised[0][0] == offset
+        for (start, length), (following, _) in itertools.pairwise(advised):
+            assert length >= 100_000 and following == start + length
 
 
 def test_reading_a_missing_file_into_a_part_is_a_permanent_error(
