@@ -8,6 +8,7 @@ rounded index page, a file's time on an object store) is declared per backend, n
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import itertools
 import os
@@ -29,6 +30,7 @@ from conveyor.mirror.sources import base as sources_base
 from conveyor.mirror.spec import Credentials, SourceOptions, SourceSpec
 from tests.support.mirror_servers import ftp_server, http_server, sftp_server
 from tests.support.object_stores import S3_REGION, gcs_filesystem, s3_filesystem
+from tests.support.reading import read_whole
 
 MTIME = 1_700_000_000  # 2023-11-14 22:13:20 UTC
 BIG = random.Random(5).randbytes(600_000)
@@ -355,3 +357,69 @@ def test_selection_walks_folders_and_renames(source: Source) -> None:
     assert chosen == {"sub/gamma.bin", "alpha"}
     everything = {item.save_as for item in select_files(source, ["**/*"])}
     assert everything == set(FILES)
+
+
+# --- event-loop readers -----------------------------------------------------------------------
+# A protocol with an AsyncReader is read by the mirror's event-loop engine: what it reads
+# must be what the protocol's source reads. One backend per server kind (the index style
+# does not matter to reading).
+READER_BACKENDS = ["http-nginx", "https"]
+PROTOCOLS_WITH_READERS = {"http", "https", "directhttp", "directhttps"}
+
+
+@pytest.fixture(params=READER_BACKENDS)
+def reader_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    root = _tree(tmp_path / "bank")
+    with _open_backend(request.param, root, tmp_path, request) as opened:
+        yield opened
+
+
+def test_every_protocol_with_an_event_loop_reader_is_covered_here() -> None:
+    readers = {
+        protocol
+        for protocol in sources_base.BUILTIN_MODULES
+        if sources_base.source_class(protocol).async_reader is not None
+    }
+    assert readers == PROTOCOLS_WITH_READERS
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_the_reader_reads_every_file_whole(reader_backend: Backend, name: str) -> None:
+    assert read_whole(reader_backend.spec, name, loop=True) == FILES[name]
+
+
+@pytest.mark.parametrize("offset", [1, 262_144, 599_999, 600_000])
+def test_the_reader_reads_from_an_offset(reader_backend: Backend, offset: int) -> None:
+    assert read_whole(reader_backend.spec, "sub/gamma.bin", offset, loop=True) == BIG[offset:]
+
+
+def test_the_reader_says_a_missing_file_is_a_permanent_error(reader_backend: Backend) -> None:
+    with pytest.raises(SourceError) as raised:
+        read_whole(reader_backend.spec, "no-such-file.txt", loop=True)
+    assert raised.value.permanent
+
+
+def test_the_reader_refuses_paths_climbing_out(reader_backend: Backend) -> None:
+    with pytest.raises(SourceError, match="climbs out") as raised:
+        read_whole(reader_backend.spec, "../bank/alpha.txt", loop=True)
+    assert raised.value.permanent
+
+
+def test_the_reader_shares_its_connections_among_many_reads(reader_backend: Backend) -> None:
+    async def read_many() -> list[bytes]:
+        reader = sources_base.open_async_reader(reader_backend.spec, 2)
+        assert reader is not None
+
+        async def whole(name: str) -> bytes:
+            return b"".join([chunk async for chunk in reader.read(name)])
+
+        try:
+            # An abandoned read first: its connection must not serve the next answer.
+            abandoned = reader.read("sub/gamma.bin")
+            assert await anext(abandoned)
+            await abandoned.aclose()
+            return await asyncio.gather(*(whole(name) for name in sorted(FILES) * 3))
+        finally:
+            await reader.close()
+
+    assert asyncio.run(read_many()) == [FILES[name] for name in sorted(FILES) * 3]

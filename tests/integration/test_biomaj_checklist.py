@@ -44,13 +44,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conveyor.mirror.errors import SourceError
+from conveyor.mirror.gate import HostGate
 from conveyor.mirror.matching import select_files
 from conveyor.mirror.properties import definition_from_properties
 from conveyor.mirror.release import release_from_dates
 from conveyor.mirror.retry import retry_policy
 from conveyor.mirror.sources import open_source
 from conveyor.mirror.spec import SourceSpec
-from conveyor.mirror.transfer import HostGate, Wanted, fetch
+from conveyor.mirror.transfer import Wanted, fetch
 from conveyor.runtime import Runtime
 from conveyor.storage.archive import blob_key
 from tests.support.banks import (

@@ -10,6 +10,7 @@ once. Retry policies use ``wait_none`` so the whole module runs in seconds.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import hashlib
@@ -21,17 +22,18 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import asyncssh
 import pytest
 
 from conveyor.mirror.errors import SourceError
+from conveyor.mirror.gate import HostGate
 from conveyor.mirror.integrity import CorruptFile
 from conveyor.mirror.retry import RetryPolicy, retry_policy
-from conveyor.mirror.sources import open_source
+from conveyor.mirror.sources import open_async_reader, open_source
 from conveyor.mirror.spec import Credentials, SourceOptions, SourceSpec
-from conveyor.mirror.transfer import PART_SUFFIX, Fetched, HostGate, Wanted, fetch
+from conveyor.mirror.transfer import PART_SUFFIX, Fetched, Wanted, fetch, fetch_async
 from tests.support.mirror_servers import (
     Faults,
     ServerInfo,
@@ -39,8 +41,12 @@ from tests.support.mirror_servers import (
     http_server,
     sftp_server,
 )
+from tests.support.reading import read_whole
 
-Kind = Literal["ftp", "ftps", "http", "https", "sftp"]
+# "-loop": the same server, fetched by the event-loop engine (fetch_async and the protocol's
+# AsyncReader) instead of a source in a thread.
+Kind = Literal["ftp", "ftps", "http", "https", "sftp", "http-loop", "https-loop"]
+HTTP_KINDS = ["http", "http-loop"]
 
 NAME = "f.bin"
 DATA = random.Random(11).randbytes(1_000_000)
@@ -62,6 +68,7 @@ class Served:
     info: ServerInfo
     spec: SourceSpec
     tmp: Path
+    loop: bool = False
 
     @property
     def root(self) -> Path:
@@ -127,6 +134,8 @@ def _spec(info: ServerInfo, known_hosts: Path, **overrides: Any) -> SourceSpec:
 @contextmanager
 def _serve(kind: Kind, tmp_path: Path, **spec_overrides: Any) -> Iterator[Served]:
     """Serve ``tmp_path/bank`` (holding ``f.bin``) over ``kind``; the spec reaches it."""
+    loop = kind.endswith("-loop")
+    kind = cast(Kind, kind.removesuffix("-loop"))
     root = tmp_path / "bank"
     root.mkdir(exist_ok=True)
     (root / NAME).write_bytes(DATA)
@@ -140,7 +149,7 @@ def _serve(kind: Kind, tmp_path: Path, **spec_overrides: Any) -> Iterator[Served
             info = stack.enter_context(sftp_server(root))
             known_hosts.write_text(f"{info.known_hosts_line}\n")
         info.faults.stall_seconds = STALL_SECONDS
-        yield Served(info, _spec(info, known_hosts, **spec_overrides), tmp_path)
+        yield Served(info, _spec(info, known_hosts, **spec_overrides), tmp_path, loop)
 
 
 def _fetch(
@@ -152,6 +161,8 @@ def _fetch(
     sleep: Callable[[float], None] | None = None,
     **options: Any,
 ) -> Fetched:
+    if served.loop:
+        return asyncio.run(_fetch_on_loop(served, wanted, attempts, gate, sleep, options))
     with open_source(served.spec) as source:
         return fetch(
             source,
@@ -162,6 +173,35 @@ def _fetch(
             sleep=sleep or Sleeps(),
             **options,
         )
+
+
+async def _fetch_on_loop(
+    served: Served,
+    wanted: Wanted,
+    attempts: int,
+    gate: HostGate | None,
+    sleep: Callable[[float], None] | None,
+    options: dict[str, Any],
+) -> Fetched:
+    reader = open_async_reader(served.spec, 2)
+    assert reader is not None
+    record = sleep or Sleeps()
+
+    async def wait(seconds: float) -> None:
+        record(seconds)
+
+    try:
+        return await fetch_async(
+            reader,
+            wanted,
+            _policy(attempts),
+            gate=gate or HostGate(2),
+            attempt_seconds=ATTEMPT_SECONDS,
+            sleep=wait,
+            **options,
+        )
+    finally:
+        await reader.close()
 
 
 def _assert_whole(result: Fetched, wanted: Wanted) -> None:
@@ -185,6 +225,7 @@ def _starts(kind: Kind, requests: list[str], marks: list[int] | None = None) -> 
     transfer began.
     """
     name = NAME
+    kind = cast(Kind, kind.removesuffix("-loop"))
     if kind in ("ftp", "ftps"):
         starts: list[int] = []
         rest = 0
@@ -229,7 +270,9 @@ def _settled(faults: Faults, quiet: float = 0.2, limit: float = 5.0) -> int:
 # --- 1. a cut transfer resumes ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ftp", "ftps", "http", "https", "sftp"])
+@pytest.mark.parametrize(
+    "kind", ["ftp", "ftps", "http", "http-loop", "https", "https-loop", "sftp"]
+)
 def test_a_cut_transfer_resumes_where_it_stopped(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         served.info.faults.cut_after[NAME] = 300_000
@@ -250,7 +293,7 @@ def test_a_cut_transfer_resumes_where_it_stopped(kind: Kind, tmp_path: Path) -> 
 # --- 2. a part left by an earlier run ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "sftp"])
+@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp"])
 def test_a_part_left_by_an_earlier_run_is_resumed(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         wanted = served.wanted(size=len(DATA))
@@ -263,9 +306,10 @@ def test_a_part_left_by_an_earlier_run_is_resumed(kind: Kind, tmp_path: Path) ->
     assert _starts(kind, requests) == [100_000]
 
 
-def test_a_kept_part_is_whole_and_checked_under_its_part_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_a_kept_part_is_whole_and_checked_under_its_part_name(kind: Kind, tmp_path: Path) -> None:
     """With ``keep_part`` (the archive takes the file by one rename) nothing is renamed."""
-    with _serve("http", tmp_path) as served:
+    with _serve(kind, tmp_path) as served:
         served.info.faults.cut_after[NAME] = 300_000
         wanted = dataclasses.replace(served.wanted(size=len(DATA)), keep_part=True)
         result = _fetch(served, wanted, 3)
@@ -309,12 +353,16 @@ def test_a_throttle_reply_lowers_the_limit_by_one_not_two(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("fault", "status"), [("too_many_requests", "429"), ("refuse_connections", "503")]
 )
+@pytest.mark.parametrize("kind", HTTP_KINDS)
 def test_http_retry_after_holds_the_host_back(
-    fault: Literal["too_many_requests", "refuse_connections"], status: str, tmp_path: Path
+    kind: Kind,
+    fault: Literal["too_many_requests", "refuse_connections"],
+    status: str,
+    tmp_path: Path,
 ) -> None:
     gate = HostGate(2)
     sleeps = Sleeps()
-    with _serve("http", tmp_path) as served:
+    with _serve(kind, tmp_path) as served:
         setattr(served.info.faults, fault, 2)
         wanted = served.wanted(size=len(DATA))
         started = time.monotonic()
@@ -332,7 +380,7 @@ def test_http_retry_after_holds_the_host_back(
 # --- 5. stalls --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "sftp"])
+@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp"])
 def test_a_stalled_transfer_is_noticed_and_resumed(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         served.info.faults.stall_after[NAME] = 200_000
@@ -368,11 +416,11 @@ def _assert_permanent_at_once(served: Served, wanted: Wanted) -> SourceError:
     return raised.value
 
 
-@pytest.mark.parametrize("kind", ["http", "ftp", "sftp"])
+@pytest.mark.parametrize("kind", ["http", "http-loop", "ftp", "sftp"])
 def test_a_missing_file_is_not_retried(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         error = _assert_permanent_at_once(served, served.wanted("missing.bin"))
-    expected = {"http": "404", "ftp": "550", "sftp": "no such file"}[kind]
+    expected = {"http": "404", "ftp": "550", "sftp": "no such file"}[kind.removesuffix("-loop")]
     assert expected in str(error)
 
 
@@ -398,8 +446,9 @@ NOT_GZIP = b"this is not gzip at all\n" * 100
 GZIP = gzip.compress(b"ACGT" * 10_000, mtime=0)
 
 
-def test_a_corrupt_gzip_is_retried_then_refused(tmp_path: Path) -> None:
-    with _serve("http", tmp_path) as served:
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_a_corrupt_gzip_is_retried_then_refused(kind: Kind, tmp_path: Path) -> None:
+    with _serve(kind, tmp_path) as served:
         (served.root / "x.gz").write_bytes(NOT_GZIP)
         wanted = served.wanted("x.gz")
         with pytest.raises(CorruptFile, match=r"x\.gz") as raised:
@@ -412,8 +461,9 @@ def test_a_corrupt_gzip_is_retried_then_refused(tmp_path: Path) -> None:
     assert not _part(wanted).exists()
 
 
-def test_a_corrupt_gzip_fixed_on_the_server_is_fetched_on_retry(tmp_path: Path) -> None:
-    with _serve("http", tmp_path) as served:
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_a_corrupt_gzip_fixed_on_the_server_is_fetched_on_retry(kind: Kind, tmp_path: Path) -> None:
+    with _serve(kind, tmp_path) as served:
         served_file = served.root / "x.gz"
         served_file.write_bytes(NOT_GZIP)
         wanted = served.wanted("x.gz")
@@ -428,8 +478,9 @@ def test_a_corrupt_gzip_fixed_on_the_server_is_fetched_on_retry(tmp_path: Path) 
     assert result.sha256 == hashlib.sha256(GZIP).hexdigest()
 
 
-def test_archive_checks_can_be_turned_off(tmp_path: Path) -> None:
-    with _serve("http", tmp_path) as served:
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_archive_checks_can_be_turned_off(kind: Kind, tmp_path: Path) -> None:
+    with _serve(kind, tmp_path) as served:
         (served.root / "x.gz").write_bytes(NOT_GZIP)
         wanted = served.wanted("x.gz", size=len(NOT_GZIP))
         result = _fetch(served, wanted, 3, check_archives=False)
@@ -440,8 +491,9 @@ def test_archive_checks_can_be_turned_off(tmp_path: Path) -> None:
 # --- 8. sizes and sidecar digests -------------------------------------------------------------
 
 
-def test_more_bytes_than_listed_is_a_corrupt_file(tmp_path: Path) -> None:
-    with _serve("http", tmp_path) as served:
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_more_bytes_than_listed_is_a_corrupt_file(kind: Kind, tmp_path: Path) -> None:
+    with _serve(kind, tmp_path) as served:
         (served.root / "sized.bin").write_bytes(DATA[:1200])
         wanted = served.wanted("sized.bin", size=1000)
         with pytest.raises(CorruptFile) as raised:
@@ -453,9 +505,10 @@ def test_more_bytes_than_listed_is_a_corrupt_file(tmp_path: Path) -> None:
     assert not _part(wanted).exists()
 
 
-def test_a_digest_unlike_the_sidecar_is_a_corrupt_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_a_digest_unlike_the_sidecar_is_a_corrupt_file(kind: Kind, tmp_path: Path) -> None:
     wrong = hashlib.md5(b"something else").hexdigest()
-    with _serve("http", tmp_path) as served:
+    with _serve(kind, tmp_path) as served:
         wanted = served.wanted(size=len(DATA), digest=("md5", wrong))
         with pytest.raises(CorruptFile, match="sidecar") as raised:
             _fetch(served, wanted, 2)
@@ -464,9 +517,10 @@ def test_a_digest_unlike_the_sidecar_is_a_corrupt_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("algorithm", ["md5", "sha256"])
-def test_a_digest_matching_the_sidecar_passes(algorithm: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_a_digest_matching_the_sidecar_passes(kind: Kind, algorithm: str, tmp_path: Path) -> None:
     digest = hashlib.new(algorithm, DATA).hexdigest()
-    with _serve("http", tmp_path) as served:
+    with _serve(kind, tmp_path) as served:
         wanted = served.wanted(size=len(DATA), digest=(algorithm, digest))
         result = _fetch(served, wanted, 2)
     _assert_whole(result, wanted)
@@ -557,38 +611,33 @@ def test_sftp_prefers_aes_gcm_but_still_meets_a_server_without_it(
 # --- 10. TLS options --------------------------------------------------------------------------
 
 
-def _read_all(spec: SourceSpec) -> bytes:
-    with open_source(spec) as source:
-        return b"".join(source.read(NAME))
-
-
-@pytest.mark.parametrize("kind", ["ftps", "https"])
+@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
 def test_an_unknown_certificate_authority_is_refused(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path, options={"ssl_server_cert": None}) as served:
         assert served.spec.options.ssl_server_cert is None
         with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED"):
-            _read_all(served.spec)
+            read_whole(served.spec, NAME, loop=served.loop)
 
 
-@pytest.mark.parametrize("kind", ["ftps", "https"])
+@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
 def test_an_unknown_certificate_authority_is_a_permanent_error(kind: Kind, tmp_path: Path) -> None:
     # Retrying cannot make a certificate trusted: like a bad password, it ends the file.
     with _serve(kind, tmp_path, options={"ssl_server_cert": None}) as served:
         _assert_permanent_at_once(served, served.wanted(size=len(DATA)))
 
 
-@pytest.mark.parametrize("kind", ["ftps", "https"])
+@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
 def test_certificate_checks_can_be_turned_off(kind: Kind, tmp_path: Path) -> None:
     unchecked = {"ssl_server_cert": None, "ssl_verifypeer": False, "ssl_verifyhost": False}
     with _serve(kind, tmp_path, options=unchecked) as served:
-        assert _read_all(served.spec) == DATA
+        assert read_whole(served.spec, NAME, loop=served.loop) == DATA
 
 
-@pytest.mark.parametrize("kind", ["ftps", "https"])
+@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
 def test_a_given_certificate_authority_is_trusted(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         assert served.spec.options.ssl_server_cert == str(served.info.cafile)
-        assert _read_all(served.spec) == DATA
+        assert read_whole(served.spec, NAME, loop=served.loop) == DATA
 
 
 # --- 11. HTTP redirects -----------------------------------------------------------------------
@@ -603,18 +652,19 @@ def _redirecting(tmp_path: Path, allow: bool) -> Iterator[SourceSpec]:
         yield _spec(info, tmp_path / "known_hosts", options={"allow_redirections": allow})
 
 
-def test_redirects_are_followed_by_default(tmp_path: Path) -> None:
-    with _redirecting(tmp_path, allow=True) as spec, open_source(spec) as source:
-        assert b"".join(source.read(f"old/{NAME}")) == DATA
+@pytest.mark.parametrize("loop", [False, True], ids=["thread", "loop"])
+def test_redirects_are_followed_by_default(loop: bool, tmp_path: Path) -> None:
+    with _redirecting(tmp_path, allow=True) as spec:
+        assert read_whole(spec, f"old/{NAME}", loop=loop) == DATA
 
 
-def test_redirects_can_be_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", [False, True], ids=["thread", "loop"])
+def test_redirects_can_be_refused(loop: bool, tmp_path: Path) -> None:
     with (
         _redirecting(tmp_path, allow=False) as spec,
-        open_source(spec) as source,
         pytest.raises(SourceError, match="allow_redirections") as raised,
     ):
-        b"".join(source.read(f"old/{NAME}"))
+        read_whole(spec, f"old/{NAME}", loop=loop)
     assert raised.value.permanent
 
 
@@ -625,7 +675,7 @@ class Cancelled(Exception):
     """What a caller's progress callback raises to stop a transfer."""
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "sftp"])
+@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp"])
 def test_a_progress_callback_can_cancel_and_the_part_is_kept(kind: Kind, tmp_path: Path) -> None:
     counted: list[int] = []
 

@@ -1,26 +1,30 @@
 """The download step of a run: every pending file, in parallel, into the archive.
 
-Each worker thread keeps one source (one connection) per remote and reuses it from file to
-file; a :class:`HostGate` per host caps transfers and backs off when the host says it is
-busy. A file unchanged since the last release (same size and time, or fingerprint) is not
-fetched again: its blob is reused. Sidecars (``x.md5``, ``x.sha256``) are fetched first,
-so the file they describe is checked against them. Counters reach the run row about once
-a second; a cancelled run stops between chunks.
+Where every source of the run offers an event-loop reader (HTTP and HTTPS), one event loop
+drives all transfers over a shared pool of connections; otherwise each of ``threads``
+worker threads keeps one source (one connection) per remote and reuses it from file to
+file. Either way a :class:`HostGate` per host caps transfers and backs off when the host
+says it is busy. A file unchanged since the last release (same size and time, or
+fingerprint) is not fetched again: its blob is reused. Sidecars (``x.md5``, ``x.sha256``)
+are fetched first, so the file they describe is checked against them. Counters reach the
+run row about once a second; a cancelled run stops between chunks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
+import uvloop
 from prometheus_client import Counter
 from sqlalchemy import Table, bindparam, insert, or_, select, tuple_, update
 
@@ -30,14 +34,17 @@ from conveyor.jobs.errors import StepFailed
 from conveyor.mirror import states
 from conveyor.mirror.definition import MirrorDefinition
 from conveyor.mirror.errors import MirrorError
+from conveyor.mirror.gate import HostGate
 from conveyor.mirror.integrity import sidecar_digest
 from conveyor.mirror.retry import RetryPolicy, retry_policy
-from conveyor.mirror.sources import Source, open_source
+from conveyor.mirror.sources import AsyncReader, Source, open_async_reader, open_source
 from conveyor.mirror.spec import SourceSpec
-from conveyor.mirror.transfer import Fetched, HostGate, Wanted, fetch
+from conveyor.mirror.transfer import Fetched, Wanted, fetch, fetch_async
 from conveyor.observability import metrics
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 BATCH = 200
 DOWNLOAD_STEP = "download files"
@@ -124,6 +131,7 @@ class Downloader:
         self._bytes_moved = 0
         self._sources: list[Source] = []
         self._sidecars: dict[str, str] = {}
+        self._archive_is_local = self.runtime.archive.store.is_local
 
     def run(self) -> list[dict[str, str]]:
         """Download or reuse every pending file; the per-file errors."""
@@ -146,8 +154,11 @@ class Downloader:
         return errors
 
     def _pass(self, sidecars: bool) -> list[dict[str, str]]:
-        errors: list[dict[str, str]] = []
         self._sidecars = {} if sidecars else self._fetched_sidecars()
+        readers = [open_async_reader(spec, self.definition.threads) for spec in self.specs]
+        if all(reader is not None for reader in readers):
+            return uvloop.run(self._pass_on_loop(sidecars, cast(list[AsyncReader], readers)))
+        errors: list[dict[str, str]] = []
         running: list[tuple[PendingFile, Future[Outcome]]] = []
         with ThreadPoolExecutor(self.definition.threads, "mirror-download") as pool:
             for batch in self._pending(sidecars):
@@ -170,11 +181,41 @@ class Downloader:
         wait([future for _, future in running])
         outcomes = [future.result() for _, future in running]
         self._record(outcomes)
-        return [
-            {"item": row.save_as, "error": outcome.error}
-            for (row, _), outcome in zip(running, outcomes, strict=True)
-            if outcome.state == states.FILE_FAILED
-        ]
+        return _errors([row for row, _ in running], outcomes)
+
+    async def _pass_on_loop(
+        self, sidecars: bool, readers: list[AsyncReader]
+    ) -> list[dict[str, str]]:
+        """The pass with every transfer a task of one event loop (sources that offer a
+        reader for it); the database is read and written in a thread meanwhile."""
+        errors: list[dict[str, str]] = []
+        slots = asyncio.Semaphore(self.definition.threads)
+        running: list[tuple[PendingFile, asyncio.Task[Outcome]]] = []
+        pending = self._pending(sidecars)
+        try:
+            while not self.stopping.is_set():
+                batch = await asyncio.to_thread(next, pending, None)
+                if batch is None:
+                    break
+                priors = await asyncio.to_thread(self._priors, [row.save_as for row in batch])
+                queued = [
+                    (row, asyncio.create_task(self._one_on_loop(row, priors, readers, slots)))
+                    for row in batch
+                ]
+                errors += await self._settle_on_loop(running)
+                running = queued
+            errors += await self._settle_on_loop(running)
+        finally:
+            for reader in readers:
+                await reader.close()
+        return errors
+
+    async def _settle_on_loop(
+        self, running: list[tuple[PendingFile, asyncio.Task[Outcome]]]
+    ) -> list[dict[str, str]]:
+        outcomes = list(await asyncio.gather(*(task for _, task in running)))
+        await asyncio.to_thread(self._record, outcomes)
+        return _errors([row for row, _ in running], outcomes)
 
     def _fetched_sidecars(self) -> dict[str, str]:
         """The blobs of the sidecars this run has, by the path of the file each describes."""
@@ -215,6 +256,69 @@ class Downloader:
     def _one(self, row: PendingFile, *, priors: dict[str, Prior]) -> Outcome:
         if self.stopping.is_set():
             return Outcome(row.id, states.FILE_PENDING)
+        reused = self._reused(row, priors)
+        if reused is not None:
+            return reused
+        spec = self.specs[row.source_index]
+        started = time.monotonic()
+        try:
+            fetched = fetch(
+                self._source(row.source_index),
+                self._wanted(row),
+                self.policy,
+                gate=self.gates[_host_key(spec)],
+                attempt_seconds=self.definition.timeout_download,
+                check_archives=not spec.options.skip_check_uncompress,
+                on_bytes=self._moved,
+            )
+            self._store(fetched)
+        except RunCancelled:
+            return Outcome(row.id, states.FILE_PENDING)
+        except MirrorError as error:
+            return self._failed(row, error)
+        return self._done(row, fetched, started)
+
+    async def _one_on_loop(
+        self,
+        row: PendingFile,
+        priors: dict[str, Prior],
+        readers: list[AsyncReader],
+        slots: asyncio.Semaphore,
+    ) -> Outcome:
+        async with slots:
+            if self.stopping.is_set():
+                return Outcome(row.id, states.FILE_PENDING)
+            reused = await self._on_archive(self._reused, row, priors)
+            if reused is not None:
+                return reused
+            spec = self.specs[row.source_index]
+            started = time.monotonic()
+            try:
+                fetched = await fetch_async(
+                    readers[row.source_index],
+                    await self._on_archive(self._wanted, row),
+                    self.policy,
+                    gate=self.gates[_host_key(spec)],
+                    attempt_seconds=self.definition.timeout_download,
+                    check_archives=not spec.options.skip_check_uncompress,
+                    on_bytes=self._moved,
+                )
+                await self._on_archive(self._store, fetched)
+            except RunCancelled:
+                return Outcome(row.id, states.FILE_PENDING)
+            except MirrorError as error:
+                return self._failed(row, error)
+            return self._done(row, fetched, started)
+
+    async def _on_archive(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run an archive call from the event loop: at once on a folder archive (a stat
+        or a rename), in a thread on an object store (a request)."""
+        if self._archive_is_local:
+            return call(*args, **kwargs)
+        return await asyncio.to_thread(call, *args, **kwargs)
+
+    def _reused(self, row: PendingFile, priors: dict[str, Prior]) -> Outcome | None:
+        """The outcome of a file unchanged since the copy the archive holds, if it is."""
         prior = priors.get(row.save_as)
         if (
             prior is not None
@@ -223,43 +327,33 @@ class Downloader:
         ):
             metrics.MIRROR_REUSED.labels(mirror=self.definition.name).inc()
             return Outcome(row.id, states.FILE_REUSED, prior=prior)
-        spec = self.specs[row.source_index]
+        return None
+
+    def _wanted(self, row: PendingFile) -> Wanted:
+        return Wanted(
+            row.path,
+            row.save_as,
+            row.size,
+            self.workdir / row.save_as,
+            digest=self._sidecar_digest(row.save_as),
+            keep_part=True,
+        )
+
+    def _failed(self, row: PendingFile, error: MirrorError) -> Outcome:
+        self._counters[row.source_index].errors.inc()
+        return Outcome(row.id, states.FILE_FAILED, error=str(error), attempts=error.attempts)
+
+    def _done(self, row: PendingFile, fetched: Fetched, started: float) -> Outcome:
         counters = self._counters[row.source_index]
-        started = time.monotonic()
-        try:
-            wanted = Wanted(
-                row.path,
-                row.save_as,
-                row.size,
-                self.workdir / row.save_as,
-                digest=self._sidecar_digest(row.save_as),
-                keep_part=True,
-            )
-            fetched = fetch(
-                self._source(row.source_index),
-                wanted,
-                self.policy,
-                gate=self.gates[_host_key(spec)],
-                attempt_seconds=self.definition.timeout_download,
-                check_archives=not spec.options.skip_check_uncompress,
-                on_bytes=self._moved,
-            )
-            stored = self._store(fetched)
-        except RunCancelled:
-            return Outcome(row.id, states.FILE_PENDING)
-        except MirrorError as error:
-            counters.errors.inc()
-            return Outcome(row.id, states.FILE_FAILED, error=str(error), attempts=error.attempts)
         counters.downloads.inc()
         counters.bytes.inc(fetched.size)
         counters.seconds.inc(time.monotonic() - started)
-        return Outcome(row.id, states.FILE_DONE, fetched=fetched, crc32=stored)
+        return Outcome(row.id, states.FILE_DONE, fetched=fetched, crc32=fetched.crc32)
 
-    def _store(self, fetched: Fetched) -> int:
-        """Hand the file to the archive (a rename when it can be); its CRC-32."""
+    def _store(self, fetched: Fetched) -> None:
+        """Hand the file to the archive (a rename when it can be)."""
         hashes = {"sha256": fetched.sha256, "crc32": f"{fetched.crc32:08x}"}
         self.runtime.archive.adopt(fetched.path, hashes, fetched.size)
-        return fetched.crc32
 
     def _source(self, index: int) -> Source:
         sources: dict[int, Source] | None = getattr(self._local, "sources", None)
@@ -408,6 +502,15 @@ class _HostCounters(NamedTuple):
             metrics.MIRROR_DOWNLOAD_BYTES.labels(**labels),
             metrics.MIRROR_DOWNLOAD_SECONDS.labels(**labels),
         )
+
+
+def _errors(rows: list[PendingFile], outcomes: list[Outcome]) -> list[dict[str, str]]:
+    """The errors of a batch's failed files, by the path each is saved as."""
+    return [
+        {"item": row.save_as, "error": outcome.error}
+        for row, outcome in zip(rows, outcomes, strict=True)
+        if outcome.state == states.FILE_FAILED
+    ]
 
 
 def _host_key(spec: SourceSpec) -> str:

@@ -21,12 +21,13 @@ is allowed: no attributes, no subscripts, no other names.
 from __future__ import annotations
 
 import ast
+import asyncio
 import difflib
 import inspect
 import operator
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import simpleeval  # type: ignore[import-untyped]
@@ -443,6 +444,18 @@ class RetryPolicy:
     ) -> tenacity.Retrying:
         """A fresh :class:`tenacity.Retrying`, so that its statistics are one file's alone."""
         return tenacity.Retrying(
+            stop=self._stop, wait=self._wait, retry=retry, sleep=sleep, reraise=reraise
+        )
+
+    def async_retrying(
+        self,
+        *,
+        retry: retry_base,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        reraise: bool = True,
+    ) -> tenacity.AsyncRetrying:
+        """:meth:`retrying` for a coroutine: it waits on the event loop."""
+        return tenacity.AsyncRetrying(
             stop=self._stop, wait=self._wait, retry=retry, sleep=sleep, reraise=reraise
         )
 

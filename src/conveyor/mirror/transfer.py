@@ -10,29 +10,31 @@ deleted and fetched again, as BioMAJ does for archives but also for sizes.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import os
-import threading
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import tenacity
 from isal.isal_zlib import crc32  # zlib's values, 8x faster (see storage.archive.Crc32)
 
 from conveyor.mirror.errors import MirrorError, SourceError
+from conveyor.mirror.gate import HostGate
 from conveyor.mirror.integrity import CorruptFile, check_archive
 from conveyor.mirror.retry import RetryPolicy
-from conveyor.mirror.sources.base import Source
+from conveyor.mirror.sources.base import AsyncReader, PartWriter, Source
 
 PART_SUFFIX = ".part"
 HASH_CHUNK = 1024 * 1024
-# After this many transfers in a row without a throttle reply, one more connection is allowed.
-RECOVER_AFTER = 20
+# A chunk at least this big is written and hashed off the event loop, so that several
+# large transfers use every core; smaller ones cost less than the hand-over.
+OFFLOAD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,61 +64,6 @@ class Fetched:
     crc32: int
     attempts: int
     resumed: int
-
-
-class HostGate:
-    """At most ``limit`` transfers at once to one host, fewer after it says it is busy.
-
-    A throttle reply (FTP 421, HTTP 429 or 503) lowers the limit by one, down to one, and
-    holds new transfers back for the ``Retry-After`` it gave; a run of successes raises the
-    limit again, up to the configured maximum (lftp's dynamic connection limit).
-    """
-
-    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.maximum = limit
-        self.limit = limit
-        self._active = 0
-        self._calm = 0
-        self._paused_until = 0.0
-        self._clock = clock
-        self._changed = threading.Condition()
-
-    @contextmanager
-    def slot(self, on_wait: Callable[[], None] | None = None) -> Any:
-        """Hold one transfer slot; ``on_wait`` runs once if the caller has to wait."""
-        with self._changed:
-            waited = False
-            while self._active >= self.limit or self._clock() < self._paused_until:
-                if not waited and on_wait is not None:
-                    on_wait()
-                waited = True
-                pause = self._paused_until - self._clock()
-                self._changed.wait(timeout=pause if pause > 0 else None)
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._active -= 1
-                self._changed.notify_all()
-
-    def throttled(self, retry_after: float | None) -> None:
-        """The host said it is busy: one connection fewer, and a pause if it asked for one."""
-        with self._changed:
-            self.limit = max(1, min(self.limit, self._active) - 1)
-            self._calm = 0
-            if retry_after:
-                self._paused_until = max(self._paused_until, self._clock() + retry_after)
-            self._changed.notify_all()
-
-    def succeeded(self) -> None:
-        """A transfer went through; after enough of them, allow one more connection."""
-        with self._changed:
-            self._calm += 1
-            if self._calm >= RECOVER_AFTER and self.limit < self.maximum:
-                self.limit += 1
-                self._calm = 0
-                self._changed.notify_all()
 
 
 class _Digests:
@@ -175,96 +122,226 @@ def fetch(
 
     A ``.part`` left by an earlier run is resumed; its bytes are hashed first.
     """
-    part = wanted.target.with_name(wanted.target.name + PART_SUFFIX)
-    progress = _Progress(_digest_existing(part, _wants_md5(wanted)))
+    transfer = _Transfer(wanted, attempt_seconds, on_bytes)
+    transfer.load()
     retrying = _retrying(policy, sleep)
     try:
         for attempt in retrying:
             with attempt:
-                _try_once(
-                    source, wanted, part, progress, gate, attempt_seconds, check_archives, on_bytes
-                )
+                _try_once(source, transfer, gate, check_archives)
     except MirrorError as error:
-        error.attempts = retrying.statistics.get("attempt_number", 1)
-        if part.exists() and part.stat().st_size == 0:
-            part.unlink()  # nothing to resume from
+        transfer.gave_up(error, _attempts(retrying))
         raise
     gate.succeeded()
-    if not wanted.keep_part:
-        part.replace(wanted.target)
-    digests = progress.digests
-    return Fetched(
-        part if wanted.keep_part else wanted.target,
-        digests.size,
-        digests.sha256.hexdigest(),
-        digests.md5.hexdigest() if digests.md5 is not None else None,
-        digests.crc32,
-        attempts=retrying.statistics.get("attempt_number", 1),
-        resumed=progress.resumed,
-    )
+    return transfer.fetched(_attempts(retrying))
 
 
-@dataclass
-class _Progress:
-    digests: _Digests
-    resumed: int = 0
-
-
-def _try_once(
-    source: Source,
+async def fetch_async(
+    reader: AsyncReader,
     wanted: Wanted,
-    part: Path,
-    progress: _Progress,
+    policy: RetryPolicy,
+    *,
     gate: HostGate,
     attempt_seconds: float,
-    check_archives: bool,
-    on_bytes: Callable[[int], None],
-) -> None:
-    """One attempt, resuming from what the part holds; a corrupt part is thrown away."""
-    _create(part)  # an empty file is fetched by reading nothing, and still checked and renamed
+    check_archives: bool = True,
+    on_bytes: Callable[[int], None] = lambda count: None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Fetched:
+    """:func:`fetch` on an event loop, through ``reader``: the same resumes, checks and retries.
+
+    Small files are written and hashed on the loop; the chunks of large ones in a thread,
+    so that several large transfers hash on every core.
+    """
+    transfer = _Transfer(wanted, attempt_seconds, on_bytes)
+    await transfer.load_async()
+    retrying = policy.async_retrying(retry=_RETRYABLE, sleep=sleep)
     try:
-        with gate.slot(on_wait=source.close):
-            if progress.digests.size:
-                progress.resumed += 1
-            try:
-                _attempt(source, wanted, part, progress.digests, attempt_seconds, on_bytes)
-            except SourceError as error:
-                if error.throttled:
-                    # While this transfer still holds its slot, so that it counts as active.
-                    gate.throttled(error.retry_after)
-                raise
-        _check_digest(wanted, progress.digests)
+        async for attempt in retrying:
+            with attempt:
+                await _try_once_async(reader, transfer, gate, check_archives)
+    except MirrorError as error:
+        transfer.gave_up(error, _attempts(retrying))
+        raise
+    gate.succeeded()
+    return transfer.fetched(_attempts(retrying))
+
+
+def _attempts(retrying: tenacity.BaseRetrying) -> int:
+    return int(retrying.statistics.get("attempt_number", 1))
+
+
+class _Transfer:
+    """One file across its attempts: its part file, what the part holds, and the checks."""
+
+    def __init__(
+        self, wanted: Wanted, attempt_seconds: float, on_bytes: Callable[[int], None]
+    ) -> None:
+        self.wanted = wanted
+        self.part = wanted.target.with_name(wanted.target.name + PART_SUFFIX)
+        self.digests = _Digests(_wants_md5(wanted))
+        self.resumed = 0
+        self._attempt_seconds = attempt_seconds
+        self._on_bytes = on_bytes
+        self._deadline = 0.0
+
+    def load(self) -> None:
+        """Hash what a part left by an earlier attempt or run holds, to resume after it."""
+        try:
+            existing = self.part.open("rb", buffering=0)
+        except FileNotFoundError:
+            return
+        with existing:
+            self.digests = _digest_file(existing, _wants_md5(self.wanted))
+
+    async def load_async(self) -> None:
+        """:meth:`load` with the hashing in a thread (a part may hold many GiB)."""
+        try:
+            existing = self.part.open("rb", buffering=0)
+        except FileNotFoundError:
+            return
+        with existing:
+            self.digests = await asyncio.to_thread(_digest_file, existing, _wants_md5(self.wanted))
+
+    def begin(self) -> None:
+        """Start an attempt (its slot held): the ``timeout.download`` clock starts."""
+        if self.digests.size:
+            self.resumed += 1
+        self._deadline = time.monotonic() + self._attempt_seconds
+
+    @property
+    def wants_more(self) -> bool:
+        """Whether the part is still shorter than the listed size (or the size is unknown)."""
+        return self.wanted.size is None or self.digests.size < self.wanted.size
+
+    def take(self, chunk: bytes) -> None:
+        """Count a chunk that reached the part."""
+        self.digests.update(chunk)
+        self._on_bytes(len(chunk))
+        if time.monotonic() > self._deadline:
+            raise SourceError(
+                f"{self.wanted.name}: not done after {self._attempt_seconds:g} s (timeout.download)"
+            )
+
+    def write(self, out: PartWriter, chunks: list[bytes]) -> None:
+        """Append ``chunks`` to the part and count them."""
+        for chunk in chunks:
+            out.write(chunk)
+            self.take(chunk)
+
+    def ended(self) -> None:
+        """The stream ended: what arrived against the listed size."""
+        name, expected, got = self.wanted.name, self.wanted.size, self.digests.size
+        if expected is not None and got < expected:
+            raise SourceError(f"{name}: connection cut at {got} of {expected} bytes")
+        if expected is not None and got > expected:
+            raise CorruptFile(f"{name}: {got} bytes arrived, the listing said {expected}")
+
+    def check(self, check_archives: bool) -> None:
+        """The whole part against its sidecar's digest, and read through if an archive."""
+        _check_digest(self.wanted, self.digests)
         if check_archives:
-            check_archive(part, wanted.name)
+            check_archive(self.part, self.wanted.name)
+
+    def discard(self) -> None:
+        """Throw a corrupt part away: the next attempt starts from nothing."""
+        self.part.unlink(missing_ok=True)
+        self.digests = _Digests(_wants_md5(self.wanted))
+
+    def gave_up(self, error: MirrorError, attempts: int) -> None:
+        """Note the attempts on the final error; an empty part is of no use to a resume."""
+        error.attempts = attempts
+        if self.part.exists() and self.part.stat().st_size == 0:
+            self.part.unlink()
+
+    def fetched(self, attempts: int) -> Fetched:
+        """The checked file, renamed to its target unless the part is to be kept."""
+        wanted = self.wanted
+        if not wanted.keep_part:
+            self.part.replace(wanted.target)
+        digests = self.digests
+        return Fetched(
+            self.part if wanted.keep_part else wanted.target,
+            digests.size,
+            digests.sha256.hexdigest(),
+            digests.md5.hexdigest() if digests.md5 is not None else None,
+            digests.crc32,
+            attempts=attempts,
+            resumed=self.resumed,
+        )
+
+
+def _try_once(source: Source, transfer: _Transfer, gate: HostGate, check_archives: bool) -> None:
+    """One attempt, resuming from what the part holds; a corrupt part is thrown away."""
+    _create(transfer.part)  # an empty file is fetched by reading nothing, and still checked
+    try:
+        with gate.slot(on_wait=source.close), _reporting_throttles(gate):
+            transfer.begin()
+            if transfer.wants_more:
+                offset = transfer.digests.size
+                for chunk in source.read_into(transfer.wanted.path, transfer.part, offset):
+                    transfer.take(chunk)
+            transfer.ended()
+        transfer.check(check_archives)
     except CorruptFile:
-        part.unlink(missing_ok=True)
-        progress.digests = _Digests(_wants_md5(wanted))
+        transfer.discard()
         raise
 
 
-def _attempt(
-    source: Source,
-    wanted: Wanted,
-    part: Path,
-    digests: _Digests,
-    attempt_seconds: float,
-    on_bytes: Callable[[int], None],
+async def _try_once_async(
+    reader: AsyncReader, transfer: _Transfer, gate: HostGate, check_archives: bool
 ) -> None:
-    deadline = time.monotonic() + attempt_seconds
-    expected = wanted.size
-    if expected is None or digests.size < expected:
-        for chunk in source.read_into(wanted.path, part, digests.size):
-            digests.update(chunk)
-            on_bytes(len(chunk))
-            if time.monotonic() > deadline:
-                raise SourceError(
-                    f"{wanted.name}: not done after {attempt_seconds:g} s (timeout.download)"
-                )
-    if expected is not None and digests.size < expected:
-        raise SourceError(f"{wanted.name}: connection cut at {digests.size} of {expected} bytes")
-    if expected is not None and digests.size > expected:
-        got = digests.size
-        raise CorruptFile(f"{wanted.name}: {got} bytes arrived, the listing said {expected}")
+    """:func:`_try_once` on the event loop."""
+    try:
+        async with gate.async_slot():
+            with _reporting_throttles(gate):
+                transfer.begin()
+                if transfer.wants_more:
+                    await _stream(reader, transfer)  # which creates the part
+                else:
+                    _create(transfer.part)
+                transfer.ended()
+        if transfer.digests.size >= OFFLOAD_BYTES:  # an archive check reads it all
+            await asyncio.to_thread(transfer.check, check_archives)
+        else:
+            transfer.check(check_archives)
+    except CorruptFile:
+        transfer.discard()
+        raise
+
+
+async def _stream(reader: AsyncReader, transfer: _Transfer) -> None:
+    """Append the remote file to the part, from what the part holds on.
+
+    Chunks are gathered until there is :data:`OFFLOAD_BYTES` to write and hash in a thread;
+    what arrived before a cut or a stall is written before the error goes on.
+    """
+    gathered: list[bytes] = []
+    size = 0
+    with PartWriter(transfer.part, transfer.digests.size) as out:
+        chunks = reader.read(transfer.wanted.path, transfer.digests.size)
+        try:
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    gathered.append(chunk)
+                    size += len(chunk)
+                    if size >= OFFLOAD_BYTES:
+                        batch, gathered, size = gathered, [], 0
+                        await asyncio.to_thread(transfer.write, out, batch)
+        except SourceError:
+            transfer.write(out, gathered)
+            raise
+        transfer.write(out, gathered)
+
+
+@contextmanager
+def _reporting_throttles(gate: HostGate) -> Iterator[None]:
+    """Tell the gate of a throttle reply, while the transfer still counts as active."""
+    try:
+        yield
+    except SourceError as error:
+        if error.throttled:
+            gate.throttled(error.retry_after)
+        raise
 
 
 def _check_digest(wanted: Wanted, digests: _Digests) -> None:
@@ -281,15 +358,10 @@ def _wants_md5(wanted: Wanted) -> bool:
     return wanted.digest is not None and wanted.digest[0] == "md5"
 
 
-def _digest_existing(part: Path, with_md5: bool) -> _Digests:
+def _digest_file(handle: BinaryIO, with_md5: bool) -> _Digests:
     digests = _Digests(with_md5)
-    try:
-        existing = part.open("rb", buffering=0)
-    except FileNotFoundError:
-        return digests
-    with existing:
-        while chunk := existing.read(HASH_CHUNK):
-            digests.update(chunk)
+    while chunk := handle.read(HASH_CHUNK):
+        digests.update(chunk)
     return digests
 
 

@@ -36,6 +36,8 @@ class BlobStore:
     """Keys and bytes in one fsspec filesystem under a root path."""
 
     schemes: ClassVar[tuple[str, ...]] = ()
+    # Whether keys are files of this machine (a call is a system call, not a request).
+    is_local: ClassVar[bool] = False
 
     def __init__(self, url: str, fs: Any, root: str) -> None:
         self.url = url
@@ -162,6 +164,7 @@ class LocalStore(BlobStore):
     """
 
     schemes = ("file", "")
+    is_local = True
 
     def __init__(self, url: str, fs: Any, root: str) -> None:
         super().__init__(url, fs, root)

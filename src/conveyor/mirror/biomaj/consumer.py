@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from conveyor.mirror.biomaj.downloads import FileResult, download_operation
 from conveyor.mirror.biomaj.messages import DOWNLOAD, Operation
 from conveyor.mirror.biomaj.sessions import BadName, DownloadSessions
-from conveyor.mirror.transfer import HostGate
+from conveyor.mirror.gate import HostGate
 from conveyor.observability import metrics
 from conveyor.queues import serve_queue
 

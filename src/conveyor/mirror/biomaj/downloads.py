@@ -18,12 +18,13 @@ from typing import Any
 from conveyor.ingest.paths import UnsafePath, relative_parts
 from conveyor.mirror.biomaj.messages import PROTOCOLS
 from conveyor.mirror.errors import DefinitionError, MirrorError
+from conveyor.mirror.gate import HostGate
 from conveyor.mirror.properties import options_from_map
 from conveyor.mirror.retry import retry_policy
 from conveyor.mirror.sources import Source, open_source
 from conveyor.mirror.sources.base import join_remote
 from conveyor.mirror.spec import Credentials, SourceSpec
-from conveyor.mirror.transfer import HostGate, Wanted, fetch
+from conveyor.mirror.transfer import Wanted, fetch
 
 DEFAULT_TIMEOUT = 3600.0
 

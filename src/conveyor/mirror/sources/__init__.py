@@ -1,5 +1,11 @@
 """Remote sources: one small interface, one implementation per protocol, a registry by scheme."""
 
-from conveyor.mirror.sources.base import Source, open_source, register
+from conveyor.mirror.sources.base import (
+    AsyncReader,
+    Source,
+    open_async_reader,
+    open_source,
+    register,
+)
 
-__all__ = ["Source", "open_source", "register"]
+__all__ = ["AsyncReader", "Source", "open_async_reader", "open_source", "register"]

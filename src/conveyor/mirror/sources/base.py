@@ -2,7 +2,9 @@
 
 A source holds one connection (an FTP control connection, an SSH session, an HTTP client)
 and reuses it for every listing and transfer; a mirror that downloads N files at once opens
-N sources. Paths are relative to the source's ``remote_dir`` and ``/``-separated.
+N sources. A protocol may also offer an :class:`AsyncReader`: one object for a whole run,
+whose transfers all share one event loop and a pool of N connections (no thread per
+transfer). Paths are relative to the source's ``remote_dir`` and ``/``-separated.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib
 import os
 import posixpath
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -21,7 +23,6 @@ from conveyor.mirror.errors import DefinitionError, SourceError
 from conveyor.mirror.spec import SourceSpec
 
 READ_CHUNK = 256 * 1024
-WRITE_BUFFER = 64 * 1024
 # A large file's bytes are sent to disk in spans of this size while it downloads, so the
 # flush before a release is published has little left to write.
 WRITEBACK_SPAN = 32 * 1024 * 1024
@@ -31,6 +32,8 @@ class Source(ABC):
     """Lists folders and reads files of one remote."""
 
     protocols: ClassVar[tuple[str, ...]] = ()
+    # The event-loop reader of the same protocol, when there is one.
+    async_reader: ClassVar[type[AsyncReader] | None] = None
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
@@ -57,16 +60,9 @@ class Source(ABC):
         Sources whose tools write files themselves (rsync) write into ``part`` directly and
         yield what landed, so a transfer is never copied twice.
         """
-        # A buffer size given: open() then asks no terminal questions (one call fewer a file).
-        with part.open("ab", buffering=WRITE_BUFFER) as out:
-            written = flushed = offset
+        with PartWriter(part, offset) as out:
             for chunk in self.read(path, offset):
                 out.write(chunk)
-                written += len(chunk)
-                if written - flushed >= WRITEBACK_SPAN:
-                    out.flush()
-                    _start_writeback(out.fileno(), flushed, written - flushed)
-                    flushed = written
                 yield chunk
 
     @abstractmethod
@@ -90,6 +86,72 @@ class Source(ABC):
     def remote_path(self, path: str) -> str:
         """The absolute remote path of ``path`` (relative to ``remote_dir``), refusing escapes."""
         return join_remote(self.spec.remote_dir, path)
+
+
+class AsyncReader(ABC):
+    """Reads files of one remote from an event loop, for every transfer of a run at once.
+
+    It holds up to ``connections`` connections and shares them among the transfers on its
+    loop; it is opened and closed on that loop.
+    """
+
+    def __init__(self, spec: SourceSpec, connections: int) -> None:
+        self.spec = spec
+        self.connections = connections
+
+    @classmethod
+    def serves(cls, spec: SourceSpec) -> bool:
+        """Whether this reader handles everything ``spec`` asks for (else a source must)."""
+        return True
+
+    @abstractmethod
+    def read(self, path: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
+        """The bytes of ``path`` from ``offset`` on, with the contract of :meth:`Source.read`."""
+
+    async def close(self) -> None:
+        """Release the connections."""
+
+    def remote_path(self, path: str) -> str:
+        """The absolute remote path of ``path`` (relative to ``remote_dir``), refusing escapes."""
+        return join_remote(self.spec.remote_dir, path)
+
+
+class PartWriter:
+    """Appends to a part file (creating it, and its folder, if missing); a large file's
+    bytes go to disk span by span on the way.
+
+    Unbuffered: chunks arrive in pieces of many KiB, and a small file then costs an open, a
+    write and a close, no more.
+    """
+
+    def __init__(self, part: Path, offset: int) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            self._descriptor = os.open(part, flags, 0o644)
+        except FileNotFoundError:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            self._descriptor = os.open(part, flags, 0o644)
+        self._written = self._flushed = offset
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``; start writeback of each full span."""
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._descriptor, view) :]
+        self._written += len(chunk)
+        if self._written - self._flushed >= WRITEBACK_SPAN:
+            _start_writeback(self._descriptor, self._flushed, self._written - self._flushed)
+            self._flushed = self._written
+
+    def close(self) -> None:
+        """Close the file."""
+        os.close(self._descriptor)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def join_remote(root: str, path: str) -> str:
@@ -124,14 +186,25 @@ def register(cls: type[Source]) -> type[Source]:
 
 def open_source(spec: SourceSpec) -> Source:
     """A new source for ``spec.protocol``."""
-    cls = _REGISTRY.get(spec.protocol)
-    if cls is None and spec.protocol in BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{BUILTIN_MODULES[spec.protocol]}")
-        cls = _REGISTRY.get(spec.protocol)
+    return source_class(spec.protocol)(spec)
+
+
+def open_async_reader(spec: SourceSpec, connections: int) -> AsyncReader | None:
+    """A new event-loop reader for ``spec.protocol``, or ``None`` when it has none."""
+    reader = source_class(spec.protocol).async_reader
+    return reader(spec, connections) if reader is not None and reader.serves(spec) else None
+
+
+def source_class(protocol: str) -> type[Source]:
+    """The source class registered for ``protocol`` (its built-in module loaded if need be)."""
+    cls = _REGISTRY.get(protocol)
+    if cls is None and protocol in BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{BUILTIN_MODULES[protocol]}")
+        cls = _REGISTRY.get(protocol)
     if cls is None:
         known = ", ".join(sorted({*_REGISTRY, *BUILTIN_MODULES}))
-        raise DefinitionError(f"no source handles protocol {spec.protocol!r} (known: {known})")
-    return cls(spec)
+        raise DefinitionError(f"no source handles protocol {protocol!r} (known: {known})")
+    return cls
 
 
 def _start_writeback(descriptor: int, start: int, length: int) -> None:

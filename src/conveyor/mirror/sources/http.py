@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import codecs
 import logging
-import ssl
 import warnings
-from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import urllib3
 from urllib3.exceptions import (
@@ -31,20 +28,27 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import TimeoutError as HTTPTimeout
 
-from conveyor.http_headers import retry_after_seconds
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError
-from conveyor.mirror.integrity import CorruptFile
 from conveyor.mirror.listings import parse_index
 from conveyor.mirror.sources.base import Source, register
-from conveyor.mirror.sources.tls import keepalive_options, ssl_context
-from conveyor.mirror.spec import SourceOptions, SourceSpec
+from conveyor.mirror.sources.http_async import AsyncHttpReader
+from conveyor.mirror.sources.http_requests import (
+    MAX_REDIRECTS,
+    RangeSkip,
+    cached_context,
+    check_answer,
+    check_end,
+    innermost,
+    request_parts,
+    untrusted,
+    url_of,
+)
+from conveyor.mirror.sources.tls import keepalive_options
+from conveyor.mirror.spec import SourceSpec
 
-PERMANENT_STATUSES = {400, 401, 403, 404, 405, 407, 410, 451}
-THROTTLE_STATUSES = {421, 429, 503}
 # Up to this much per read: whatever the socket holds, so a cut loses nothing received.
 READ_SIZE = 1024 * 1024
-MAX_REDIRECTS = 10
 # An answer's unread rest up to this size is read off, so the connection can be reused.
 DRAIN_LIMIT = 64 * 1024
 
@@ -59,11 +63,10 @@ class HttpSource(Source):
     """One keep-alive connection pool per source (one source per transfer thread)."""
 
     protocols = ("http", "https", "directhttp", "directhttps")
+    async_reader = AsyncHttpReader
 
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
-        scheme = "https" if spec.protocol.endswith("https") else "http"
-        self.base = f"{scheme}://{spec.server}"
         self._pool: urllib3.PoolManager | None = None
 
     @property
@@ -75,16 +78,13 @@ class HttpSource(Source):
 
     def url(self, path: str, folder: bool = False) -> str:
         """The URL of ``path`` under ``remote_dir``; folders end with ``/``."""
-        remote = self.remote_path(path)
-        if folder and not remote.endswith("/"):
-            remote += "/"
-        return self.base + quote(remote)
+        return url_of(self.spec, path, folder)
 
     def list(self, folder: str = "") -> Iterator[RemoteEntry]:
         """Parse the folder's index page as it arrives."""
         url = self.url(folder, folder=True)
         with self._response("GET", url) as response:
-            _check(response, url)
+            check_answer(response.status, response.reason, response.headers, url)
             now = datetime.now(UTC)
             base_path = urlsplit(response.url or url).path
             text = _text(response, url, self.spec.stall_timeout)
@@ -96,16 +96,12 @@ class HttpSource(Source):
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         with self._response(self.spec.method, url, headers, params=True) as response:
             if response.status == 416 and offset:
-                _check_end(response, url, offset)
+                check_end(response.headers, url, offset)
                 return
-            _check(response, url)
-            # A server that ignores Range sends everything: skip what we already have.
-            skip = offset if offset and response.status == 200 else 0
+            check_answer(response.status, response.reason, response.headers, url)
+            skip = RangeSkip(offset, response.status)
             for chunk in _body(response, url, self.spec.stall_timeout):
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
-                if chunk:
+                if chunk := skip(chunk):
                     yield chunk
 
     def stat(self, path: str) -> RemoteEntry:
@@ -120,7 +116,7 @@ class HttpSource(Source):
         with self._response("HEAD", url, params=True) as response:
             if response.status == 405:
                 return RemoteEntry(name)
-            _check(response, url)
+            check_answer(response.status, response.reason, response.headers, url)
             return _entry_from_headers(name, response.headers)
 
     def close(self) -> None:
@@ -138,14 +134,7 @@ class HttpSource(Source):
         params: bool = False,
     ) -> Iterator[urllib3.BaseHTTPResponse]:
         """Send a request; its connection goes back to the pool only when the body was read."""
-        fields = self.spec.params if params else {}
-        if method in ("GET", "HEAD") and fields:
-            url = f"{url}?{urlencode(fields)}"
-        sent = {**_auth_headers(self.spec), **(headers or {})}
-        body = None
-        if method == "POST" and fields:
-            body = urlencode(fields)
-            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        url, body, sent = request_parts(self.spec, method, url, headers or {}, params)
         follow = self.spec.options.allow_redirections
         try:
             response = self.pool.request(
@@ -188,7 +177,7 @@ def _pool_manager(spec: SourceSpec) -> urllib3.PoolManager:
         "timeout": urllib3.Timeout(connect=spec.connect_timeout, read=spec.stall_timeout),
         "maxsize": 1,
         # Also for http://: a redirect may lead to https.
-        "ssl_context": _cached_context(options),
+        "ssl_context": cached_context(options),
         "cert_reqs": "CERT_REQUIRED" if options.ssl_verifypeer else "CERT_NONE",
         "socket_options": [
             *urllib3.connection.HTTPConnection.default_socket_options,
@@ -206,27 +195,6 @@ def _pool_manager(spec: SourceSpec) -> urllib3.PoolManager:
         login = f"{spec.proxy_auth.user}:{spec.proxy_auth.secret()}"
         headers = urllib3.make_headers(proxy_basic_auth=login)
     return urllib3.ProxyManager(proxy, proxy_headers=headers, **settings)
-
-
-_contexts: dict[tuple[str | None, int, bool, bool], ssl.SSLContext] = {}
-
-
-def _cached_context(options: SourceOptions) -> ssl.SSLContext:
-    """One context per TLS setting (and CA file version): loading the CAs costs ~25 ms."""
-    cafile = options.ssl_server_cert
-    version = Path(cafile).stat().st_mtime_ns if cafile and Path(cafile).exists() else 0
-    key = (cafile, version, options.ssl_verifyhost, options.ssl_verifypeer)
-    context = _contexts.get(key)
-    if context is None:
-        context = _contexts[key] = ssl_context(options)
-    return context
-
-
-def _auth_headers(spec: SourceSpec) -> dict[str, str]:
-    if spec.credentials is None:
-        return {}
-    login = f"{spec.credentials.user}:{spec.credentials.secret()}"
-    return dict(urllib3.make_headers(basic_auth=login))
 
 
 def _body(response: urllib3.BaseHTTPResponse, url: str, stall: float) -> Iterator[bytes]:
@@ -266,64 +234,14 @@ def _source_error(url: str, error: HTTPError, timed_out: str) -> SourceError:
     if isinstance(cause, ProtocolError):
         return SourceError(f"{url}: connection cut ({_first_arg(cause)})")
     if isinstance(cause, ProxyError):
-        return SourceError(f"{url}: the proxy failed: {_innermost(cause)}")
+        return SourceError(f"{url}: the proxy failed: {innermost(cause)}")
     if isinstance(error, MaxRetryError) and error.reason is None:
         return SourceError(f"{url}: more than {MAX_REDIRECTS} redirects", permanent=True)
-    return SourceError(f"{url}: {_innermost(cause)}", permanent=_untrusted(cause))
+    return SourceError(f"{url}: {innermost(cause)}", permanent=untrusted(cause))
 
 
 def _first_arg(error: BaseException) -> object:
     return error.args[0] if error.args else error
-
-
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and what it wraps: urllib3 keeps a cause among its arguments, Python in
-    ``__cause__`` or ``__context__``."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        wrapped = next((arg for arg in current.args if isinstance(arg, BaseException)), None)
-        current = wrapped or current.__cause__ or current.__context__
-
-
-def _innermost(error: BaseException) -> BaseException:
-    """The error at the bottom of the wrappers: what actually went wrong."""
-    return deque(_causes(error), maxlen=1)[0]
-
-
-def _untrusted(error: BaseException) -> bool:
-    """Whether a failure comes from a certificate that cannot be trusted (no retry helps)."""
-    return any(isinstance(cause, ssl.SSLCertVerificationError) for cause in _causes(error))
-
-
-def _check(response: urllib3.BaseHTTPResponse, url: str) -> None:
-    status = response.status
-    if status in (200, 206):
-        return
-    if 300 <= status < 400:
-        location = response.headers.get("location", "?")
-        raise SourceError(
-            f"{url}: redirected ({status}) to {location}, and allow_redirections is off",
-            permanent=True,
-        )
-    reason = f"{url}: HTTP {status} {response.reason or ''}".rstrip()
-    if status in THROTTLE_STATUSES:
-        raise SourceError(
-            reason,
-            throttled=True,
-            retry_after=retry_after_seconds(response.headers.get("retry-after")),
-        )
-    raise SourceError(reason, permanent=status in PERMANENT_STATUSES)
-
-
-def _check_end(response: urllib3.BaseHTTPResponse, url: str, offset: int) -> None:
-    """A 416 to ``Range: bytes=offset-``: fine when the file is exactly ``offset`` long."""
-    total = response.headers.get("content-range", "").rpartition("/")[2]
-    if total.isdigit() and int(total) == offset:
-        return
-    raise CorruptFile(f"{url}: the file is now shorter than the {offset} bytes already fetched")
 
 
 def _entry_from_headers(name: str, headers: Mapping[str, str]) -> RemoteEntry:
