@@ -257,3 +257,14 @@ def test_a_proxy_login_is_left_to_the_threaded_source(origin: ServerInfo) -> Non
     # through its deprecated proxy_auth; the threaded source does all three.
     assert open_async_reader(_spec(origin, "http://127.0.0.1:1", f"{USER}:{PASSWORD}"), 2) is None
     assert open_async_reader(_spec(origin, "http://127.0.0.1:1", None), 2) is not None
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http-origin", "https-origin"])
+def test_the_loop_reader_takes_a_proxy_refusal_as_permanent(
+    proxy: ProxyInfo, root: Path, tls: bool
+) -> None:
+    with http_server(root, tls=tls, index_style="nginx") as info:
+        with pytest.raises(SourceError, match="407") as caught:
+            read_whole(_spec(info, proxy.url, None), "a.txt", loop=True)
+        assert info.faults.requests == []
+    assert caught.value.permanent

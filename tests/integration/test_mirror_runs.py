@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from conveyor.mirror.transfer import fetch, fetch_async
 from conveyor.runtime import Runtime
-from tests.support.banks import add_bank, run_mirror
+from tests.support.banks import add_bank, content, published, run_files, run_mirror
 from tests.support.mirror_servers import http_server
 
 BANK = """[GENERAL]
@@ -238,3 +241,76 @@ def test_a_changed_secret_key_is_said_not_crashed(
         assert answer.status_code == 409
         assert "CONVEYOR_SECRET_KEY" in answer.json()["detail"]
         assert "hunter2" not in answer.text
+
+
+def test_an_http_run_takes_small_files_on_the_loop_and_large_ones_in_threads(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One HTTP run, both engines: files up to LOOP_MAX_BYTES are tasks of the run's event
+    loop, larger ones go to transfer threads; every file arrives whole, and a sidecar
+    checks the file it describes on either path."""
+    from conveyor.mirror import downloads
+
+    monkeypatch.setattr(downloads, "LOOP_MAX_BYTES", 100_000)
+    on_loop: list[str] = []
+    in_threads: list[str] = []
+
+    async def fetch_async_spy(reader: Any, wanted: Any, *args: Any, **kwargs: Any) -> Any:
+        on_loop.append(wanted.name)
+        return await fetch_async(reader, wanted, *args, **kwargs)
+
+    def fetch_spy(source: Any, wanted: Any, *args: Any, **kwargs: Any) -> Any:
+        in_threads.append(wanted.name)
+        return fetch(source, wanted, *args, **kwargs)
+
+    monkeypatch.setattr(downloads, "fetch_async", fetch_async_spy)
+    monkeypatch.setattr(downloads, "fetch", fetch_spy)
+    root = tmp_path / "remote"
+    (root / "sub").mkdir(parents=True)
+    files = {
+        "small.txt": b"small\n" * 100,
+        "sub/seq.gz": gzip.compress(b">s\nACGT\n" * 2000),
+        "large.bin": os.urandom(300_000),
+        "sub/large.dat": os.urandom(150_000),
+    }
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    files["large.bin.md5"] = f"{hashlib.md5(files['large.bin']).hexdigest()}  large.bin\n".encode()
+    files["small.txt.sha256"] = f"{hashlib.sha256(files['small.txt']).hexdigest()}\n".encode()
+    for name in ("large.bin.md5", "small.txt.sha256"):
+        (root / name).write_bytes(files[name])
+    with http_server(root, index_style="nginx") as server:
+        definition = {
+            "name": "mixed",
+            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
+            "remote_files": ["**/*"],
+            "threads": 2,
+        }
+        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        run = run_mirror(client, "mixed")
+    release = published(client, run)
+    assert {name: content(client, release[name]) for name in release} == files
+    assert sorted(on_loop) == ["large.bin.md5", "small.txt", "small.txt.sha256", "sub/seq.gz"]
+    assert sorted(in_threads) == ["large.bin", "sub/large.dat"]
+
+
+def test_a_sidecar_that_disagrees_fails_the_file_on_the_loop(
+    client: TestClient, tmp_path: Path
+) -> None:
+    root = tmp_path / "remote"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"the real bytes\n")
+    (root / "a.txt.md5").write_bytes(f"{hashlib.md5(b'other').hexdigest()}  a.txt\n".encode())
+    with http_server(root, index_style="nginx") as server:
+        definition = {
+            "name": "sidecar",
+            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
+            "stop_condition": "stop_after_attempt(2)",
+            "wait_policy": "wait_none",
+        }
+        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        run = run_mirror(client, "sidecar")
+    assert run["state"] == "failed", run
+    (failed,) = run_files(client, run, "failed")
+    assert failed["save_as"] == "a.txt"
+    assert "sidecar" in failed["error"] and failed["attempts"] == 2

@@ -32,8 +32,7 @@ from conveyor.mirror.sources.base import AsyncReader, PartWriter, Source
 
 PART_SUFFIX = ".part"
 HASH_CHUNK = 1024 * 1024
-# A chunk at least this big is written and hashed off the event loop, so that several
-# large transfers use every core; smaller ones cost less than the hand-over.
+# A file at least this big is checked (read through, if an archive) off the event loop.
 OFFLOAD_BYTES = 256 * 1024
 
 
@@ -149,8 +148,8 @@ async def fetch_async(
 ) -> Fetched:
     """:func:`fetch` on an event loop, through ``reader``: the same resumes, checks and retries.
 
-    Small files are written and hashed on the loop; the chunks of large ones in a thread,
-    so that several large transfers hash on every core.
+    Bytes are written and hashed on the loop, which suits small files; an existing part is
+    hashed, and a large file's archive check run, in a thread.
     """
     transfer = _Transfer(wanted, attempt_seconds, on_bytes)
     await transfer.load_async()
@@ -221,12 +220,6 @@ class _Transfer:
             raise SourceError(
                 f"{self.wanted.name}: not done after {self._attempt_seconds:g} s (timeout.download)"
             )
-
-    def write(self, out: PartWriter, chunks: list[bytes]) -> None:
-        """Append ``chunks`` to the part and count them."""
-        for chunk in chunks:
-            out.write(chunk)
-            self.take(chunk)
 
     def ended(self) -> None:
         """The stream ended: what arrived against the listed size."""
@@ -310,27 +303,13 @@ async def _try_once_async(
 
 
 async def _stream(reader: AsyncReader, transfer: _Transfer) -> None:
-    """Append the remote file to the part, from what the part holds on.
-
-    Chunks are gathered until there is :data:`OFFLOAD_BYTES` to write and hash in a thread;
-    what arrived before a cut or a stall is written before the error goes on.
-    """
-    gathered: list[bytes] = []
-    size = 0
+    """Append the remote file to the part, from what the part holds on."""
     with PartWriter(transfer.part, transfer.digests.size) as out:
         chunks = reader.read(transfer.wanted.path, transfer.digests.size)
-        try:
-            async with aclosing(chunks):
-                async for chunk in chunks:
-                    gathered.append(chunk)
-                    size += len(chunk)
-                    if size >= OFFLOAD_BYTES:
-                        batch, gathered, size = gathered, [], 0
-                        await asyncio.to_thread(transfer.write, out, batch)
-        except SourceError:
-            transfer.write(out, gathered)
-            raise
-        transfer.write(out, gathered)
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                out.write(chunk)
+                transfer.take(chunk)
 
 
 @contextmanager

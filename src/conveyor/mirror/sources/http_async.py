@@ -22,6 +22,7 @@ from conveyor.mirror.errors import SourceError
 from conveyor.mirror.sources.base import AsyncReader
 from conveyor.mirror.sources.http_requests import (
     MAX_REDIRECTS,
+    PERMANENT_STATUSES,
     RangeSkip,
     cached_context,
     check_answer,
@@ -132,7 +133,10 @@ def _source_error(url: str, error: aiohttp.ClientError, spec: SourceSpec) -> Sou
     if isinstance(error, asyncio.TimeoutError):
         return SourceError(f"{url}: stalled, no data for {spec.stall_timeout:g} s")
     if isinstance(error, aiohttp.ClientHttpProxyError):
-        return SourceError(f"{url}: the proxy failed: {error.status} {error.message}")
+        return SourceError(
+            f"{url}: the proxy failed: {error.status} {error.message}",
+            permanent=error.status in PERMANENT_STATUSES,
+        )
     if isinstance(error, aiohttp.ClientProxyConnectionError):
         return SourceError(f"{url}: the proxy failed: {innermost(error)}")
     if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
