@@ -14,7 +14,10 @@ connections on one asyncio loop instead of 4 threads).
 Before each client, dirty pages are flushed, the page cache dropped (as root) and the
 served tree read back in: every client starts with the source cached and nothing else.
 Each Conveyor run gets a new server with an empty archive, so no blob is deduplicated
-against an earlier run; its peak RSS must not grow with file count. Nothing is deleted
+against an earlier run; its peak RSS must not grow with file count. Before the timed run
+the server runs a mirror that selects no file, so the run timed is that of a running
+service; the first run of a fresh process (loading its protocol's client library and
+compiling its first queries) is timed as well, on servers of its own. Nothing is deleted
 between the clients of one protocol, and after deleting a protocol's copies the benchmark
 waits a minute: ext4 without a journal makes every new file look past the inodes freed in
 the last minute, which made whichever client came next pay for the deletions.
@@ -36,7 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -212,9 +215,16 @@ def lftp(protocol: str, info: Served, dest: Path) -> float:
     return timed(["lftp", "-c", script], info.root)
 
 
-def conveyor(url: str, protocol: str, info: Served, known_hosts: Path, name: str) -> float:
-    """A mirror run from the request until its release is published."""
-    settle(info.root)
+def conveyor(
+    url: str, protocol: str, info: Served, known_hosts: Path, name: str, warm: bool
+) -> float:
+    """A mirror run from the request until its release is published.
+
+    With ``warm``, a run that selects no file goes first on the same server (it fails at
+    its listing): the timed run then meets a service that has run a mirror of this
+    protocol before, as a running service has, rather than a fresh process loading its
+    client libraries (aiohttp alone: 0.17 s) and compiling its first queries.
+    """
     source: dict[str, object] = {
         "protocol": protocol,
         "server": f"{info.host}:{info.port}",
@@ -233,16 +243,28 @@ def conveyor(url: str, protocol: str, info: Served, known_hosts: Path, name: str
     }
     # One client for every poll: making one costs 16 ms of CPU (its TLS context).
     with httpx.Client(base_url=url, timeout=30) as client:
-        client.post("/api/v1/mirrors", json=definition).raise_for_status()
+        if warm:
+            warm_up = {**definition, "name": f"{name}-warm", "remote_files": ["^no-such-file$"]}
+            run = _finished(client, warm_up)
+            if run["state"] != "failed" or "no file found" not in (run["error"] or ""):
+                raise RuntimeError(f"the warm-up run did not fail as meant: {run}")
+        settle(info.root)
         started = time.perf_counter()
-        run = client.post(f"/api/v1/mirrors/{name}/runs").json()
-        while run["state"] not in ("published", "up_to_date", "failed", "cancelled"):
-            time.sleep(0.05)
-            run = client.get(f"/api/v1/mirror-runs/{run['id']}").json()
+        run = _finished(client, definition)
         elapsed = time.perf_counter() - started
     if run["state"] != "published":
         raise RuntimeError(f"mirror run failed: {run}")
     return elapsed
+
+
+def _finished(client: httpx.Client, definition: dict[str, Any]) -> dict[str, Any]:
+    """Define a mirror, run it and wait: the finished run."""
+    client.post("/api/v1/mirrors", json=definition).raise_for_status()
+    run: dict[str, Any] = client.post(f"/api/v1/mirrors/{definition['name']}/runs").json()
+    while run["state"] not in ("published", "up_to_date", "failed", "cancelled"):
+        time.sleep(0.05)
+        run = client.get(f"/api/v1/mirror-runs/{run['id']}").json()
+    return run
 
 
 def median_of(repeat: int, once: Callable[[int], float]) -> float:
@@ -265,12 +287,21 @@ def fresh_conveyor(data_dir: Path, run: Callable[[str], float]) -> tuple[float, 
         server.wait()
 
 
-def compare(
-    protocol: str, tree: Path, work: Path, repeat: int
-) -> tuple[float, float, float, float, float, float, float]:
-    """Median seconds of rclone, rclone with Conveyor's extra work (hashing, a flush), lftp
-    and the bare Python client (FTP and HTTP only), its asyncio form (HTTP only) and
-    Conveyor on one server; and Conveyor's highest peak RSS."""
+class Row(NamedTuple):
+    """Median seconds of each client on one server, and Conveyor's highest peak RSS."""
+
+    rclone: float
+    rclone_plus: float  # rclone, then Conveyor's extra work (hashing, a flush)
+    lftp: float  # FTP and HTTP
+    floor: float  # the bare Python client, FTP and HTTP
+    async_floor: float  # its asyncio form, HTTP
+    conveyor: float  # a running service
+    first_run: float  # the first run of a fresh process
+    peak_rss: float
+
+
+def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
+    """Every client against one server of ``protocol`` serving ``tree``."""
     with serve(protocol, tree) as info:
         known = work / "known_hosts"
         known.write_text(f"{info.known_hosts_line or ''}\n")
@@ -300,17 +331,19 @@ def compare(
             )
         peaks: list[float] = []
 
-        def ours_once(number: int) -> float:
+        def ours_once(number: int, warm: bool) -> float:
+            name = f"{protocol}-{'warm' if warm else 'cold'}-{number}"
             seconds, peak = fresh_conveyor(
-                work / "dest" / f"conveyor{number}",
-                lambda url: conveyor(url, protocol, info, known, f"{protocol}-{number}"),
+                work / "dest" / name,
+                lambda url: conveyor(url, protocol, info, known, name, warm),
             )
             peaks.append(peak)
             return seconds
 
-        ours = median_of(repeat, ours_once)
+        ours = median_of(repeat, lambda n: ours_once(n, warm=True))
+        first = median_of(repeat, lambda n: ours_once(n, warm=False))
     forget(work / "dest")
-    return clone, clone_plus, mirror, floor, async_floor, ours, max(peaks)
+    return Row(clone, clone_plus, mirror, floor, async_floor, ours, first, max(peaks))
 
 
 def forget(folder: Path) -> None:
@@ -328,20 +361,21 @@ def main() -> None:
     logging.disable(logging.INFO)
     print(
         f"{'set':18} {'proto':5} {'rclone s':>9} {'+hash+sync s':>12} {'lftp s':>7} "
-        f"{'python s':>8} {'async s':>7} {'conveyor s':>10} {'vs rclone':>9} {'vs +hash':>8} "
-        f"{'vs python':>9} {'MB/s':>6} {'RSS MB':>7}"
+        f"{'python s':>8} {'async s':>7} {'conveyor s':>10} {'1st run s':>9} {'vs rclone':>9} "
+        f"{'vs +hash':>8} {'vs python':>9} {'1st vs rclone':>13} {'MB/s':>6} {'RSS MB':>7}"
     )
     for label, (count, size) in SETS.items():
         tree = make_files(work / f"set-{count}", count, size)
         total_mb = count * size / MIB
         for protocol in ("ftp", "http", "sftp"):
-            clone, plus, mirror, floor, async_floor, ours, peak = compare(
-                protocol, tree, work, repeat
-            )
+            row = compare(protocol, tree, work, repeat)
+            ours = row.conveyor
             print(
-                f"{label:18} {protocol:5} {clone:9.2f} {plus:12.2f} {mirror:7.2f} "
-                f"{floor:8.2f} {async_floor:7.2f} {ours:10.2f} {clone / ours:9.2f} "
-                f"{plus / ours:8.2f} {floor / ours:9.2f} {total_mb / ours:6.0f} {peak:7.0f}"
+                f"{label:18} {protocol:5} {row.rclone:9.2f} {row.rclone_plus:12.2f} "
+                f"{row.lftp:7.2f} {row.floor:8.2f} {row.async_floor:7.2f} {ours:10.2f} "
+                f"{row.first_run:9.2f} {row.rclone / ours:9.2f} {row.rclone_plus / ours:8.2f} "
+                f"{row.floor / ours:9.2f} {row.rclone / row.first_run:13.2f} "
+                f"{total_mb / ours:6.0f} {row.peak_rss:7.0f}"
             )
 
 

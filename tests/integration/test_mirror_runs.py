@@ -15,7 +15,14 @@ from fastapi.testclient import TestClient
 
 from conveyor.mirror.transfer import fetch, fetch_async
 from conveyor.runtime import Runtime
-from tests.support.banks import add_bank, content, published, run_files, run_mirror
+from tests.support.banks import (
+    add_bank,
+    content,
+    failed_task,
+    published,
+    run_files,
+    run_mirror,
+)
 from tests.support.mirror_servers import http_server
 
 BANK = """[GENERAL]
@@ -314,3 +321,39 @@ def test_a_sidecar_that_disagrees_fails_the_file_on_the_loop(
     (failed,) = run_files(client, run, "failed")
     assert failed["save_as"] == "a.txt"
     assert "sidecar" in failed["error"] and failed["attempts"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_an_unexpected_error_on_the_loop_fails_the_run_and_stops_the_rest(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a transfer error (those fail one file): the run fails at its download step with
+    the reason, the other transfers end, and nothing is published."""
+    from conveyor.mirror import downloads
+
+    monkeypatch.setattr(downloads, "LOOP_MAX_BYTES", 100_000)
+    real_store = downloads.Downloader._store
+
+    def store(self: downloads.Downloader, fetched: Any) -> None:
+        if fetched.path.name.startswith("f007"):
+            raise RuntimeError("the archive disk is on fire")
+        real_store(self, fetched)
+
+    monkeypatch.setattr(downloads.Downloader, "_store", store)
+    root = tmp_path / "remote"
+    root.mkdir()
+    for index in range(40):
+        (root / f"f{index:03d}.bin").write_bytes(os.urandom(1000))
+    (root / "large.bin").write_bytes(os.urandom(200_000))
+    with http_server(root, index_style="nginx") as server:
+        definition = {
+            "name": "fire",
+            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
+            "threads": 3,
+        }
+        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        run = run_mirror(client, "fire")
+    assert run["state"] == "failed", run
+    assert "the archive disk is on fire" in run["error"]
+    assert run["transaction_id"] is None
+    assert failed_task(client, run) == "download files"

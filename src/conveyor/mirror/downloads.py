@@ -192,28 +192,40 @@ class Downloader:
     ) -> list[dict[str, str]]:
         """The pass with the transfers as tasks of one event loop (sources that offer a
         reader for it); large files go to threads, the database is used from a thread."""
-        errors: list[dict[str, str]] = []
-        slots = asyncio.Semaphore(self.definition.threads)
-        running: list[tuple[PendingFile, asyncio.Task[Outcome]]] = []
-        pending = self._pending(sidecars)
         try:
             with ThreadPoolExecutor(self.definition.threads, "mirror-download") as pool:
-                while not self.stopping.is_set():
-                    batch = await asyncio.to_thread(next, pending, None)
-                    if batch is None:
-                        break
-                    names = [row.save_as for row in batch]
-                    priors = await asyncio.to_thread(self._priors, names)
-                    one = functools.partial(
-                        self._one_on_loop, priors=priors, readers=readers, slots=slots, pool=pool
-                    )
-                    queued = [(row, asyncio.create_task(one(row))) for row in batch]
-                    errors += await self._settle_on_loop(running)
-                    running = queued
-                errors += await self._settle_on_loop(running)
+                return await self._batches_on_loop(sidecars, readers, pool)
         finally:
             for reader in readers:
                 await reader.close()
+
+    async def _batches_on_loop(
+        self, sidecars: bool, readers: list[AsyncReader], pool: ThreadPoolExecutor
+    ) -> list[dict[str, str]]:
+        errors: list[dict[str, str]] = []
+        slots = asyncio.Semaphore(self.definition.threads)
+        one = functools.partial(self._one_on_loop, readers=readers, slots=slots, pool=pool)
+        running: list[tuple[PendingFile, asyncio.Task[Outcome]]] = []
+        queued: list[tuple[PendingFile, asyncio.Task[Outcome]]] = []
+        pending = self._pending(sidecars)
+        try:
+            while not self.stopping.is_set():
+                batch = await asyncio.to_thread(next, pending, None)
+                if batch is None:
+                    break
+                priors = await asyncio.to_thread(self._priors, [row.save_as for row in batch])
+                queued = [(row, asyncio.create_task(one(row, priors=priors))) for row in batch]
+                errors += await self._settle_on_loop(running)
+                running, queued = queued, []
+            errors += await self._settle_on_loop(running)
+        except BaseException:
+            # Tasks still going hold host slots a transfer thread may wait for: they end
+            # before the pool is shut down (which waits for its threads).
+            live = [task for _, task in running + queued]
+            for task in live:
+                task.cancel()
+            await asyncio.gather(*live, return_exceptions=True)
+            raise
         return errors
 
     async def _settle_on_loop(
