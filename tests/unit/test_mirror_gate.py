@@ -9,46 +9,42 @@ import time
 from conveyor.mirror.gate import HostGate
 
 
-def test_tasks_hold_no_more_slots_than_the_limit() -> None:
-    gate = HostGate(2)
-    active = peak = 0
+class Transfers:
+    """Tasks that each hold a slot of ``gate`` for a moment; the most held at once."""
 
-    async def transfer() -> None:
-        nonlocal active, peak
-        async with gate.async_slot():
-            active += 1
-            peak = max(peak, active)
+    def __init__(self, gate: HostGate) -> None:
+        self.gate = gate
+        self.active = self.peak = 0
+
+    async def one(self) -> None:
+        async with self.gate.async_slot():
+            self.active += 1
+            self.peak = max(self.peak, self.active)
             await asyncio.sleep(0.01)
-            active -= 1
+            self.active -= 1
 
-    async def many() -> None:
-        await asyncio.gather(*(transfer() for _ in range(8)))
+    async def many(self, count: int) -> None:
+        await asyncio.gather(*(self.one() for _ in range(count)))
 
-    asyncio.run(many())
-    assert peak == 2
+
+def test_tasks_hold_no_more_slots_than_the_limit() -> None:
+    transfers = Transfers(HostGate(2))
+    asyncio.run(transfers.many(8))
+    assert transfers.peak == 2
 
 
 def test_a_throttle_lowers_the_limit_for_tasks_too() -> None:
     gate = HostGate(3)
-    peak = 0
-    active = 0
-
-    async def transfer() -> None:
-        nonlocal active, peak
-        async with gate.async_slot():
-            active += 1
-            peak = max(peak, active)
-            await asyncio.sleep(0.01)
-            active -= 1
+    transfers = Transfers(gate)
 
     async def throttled_then_many() -> None:
         async with gate.async_slot(), gate.async_slot():
             gate.throttled(None)  # two active: the host tolerates one
-        await asyncio.gather(*(transfer() for _ in range(6)))
+        await transfers.many(6)
 
     asyncio.run(throttled_then_many())
     assert gate.limit == 1
-    assert peak == 1
+    assert transfers.peak == 1
 
 
 def test_a_retry_after_pause_holds_tasks_back() -> None:
