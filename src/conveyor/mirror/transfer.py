@@ -185,21 +185,25 @@ class _Transfer:
 
     def load(self) -> None:
         """Hash what a part left by an earlier attempt or run holds, to resume after it."""
-        try:
-            existing = self.part.open("rb", buffering=0)
-        except FileNotFoundError:
-            return
-        with existing:
-            self.digests = _digest_file(existing, _wants_md5(self.wanted))
+        existing = self._existing_part()
+        if existing is not None:
+            with existing:
+                self.digests = _digest_file(existing, _wants_md5(self.wanted))
 
     async def load_async(self) -> None:
-        """:meth:`load` with the hashing in a thread (a part may hold many GiB)."""
+        """:meth:`load` with the hashing in a thread (a part may hold many GiB); a missing
+        part, the common case, costs no hand-over to a thread."""
+        existing = self._existing_part()
+        if existing is not None:
+            with existing:
+                md5 = _wants_md5(self.wanted)
+                self.digests = await asyncio.to_thread(_digest_file, existing, md5)
+
+    def _existing_part(self) -> BinaryIO | None:
         try:
-            existing = self.part.open("rb", buffering=0)
+            return self.part.open("rb", buffering=0)
         except FileNotFoundError:
-            return
-        with existing:
-            self.digests = await asyncio.to_thread(_digest_file, existing, _wants_md5(self.wanted))
+            return None
 
     def begin(self) -> None:
         """Start an attempt (its slot held): the ``timeout.download`` clock starts."""

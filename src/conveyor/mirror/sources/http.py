@@ -8,7 +8,6 @@ pieces read through http.client, where httpx parses 64 KiB events; on loopback a
 from __future__ import annotations
 
 import codecs
-import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,11 +35,11 @@ from conveyor.mirror.sources.http_async import AsyncHttpReader
 from conveyor.mirror.sources.http_requests import (
     MAX_REDIRECTS,
     RangeSkip,
-    cached_context,
     check_answer,
     check_end,
     innermost,
     request_parts,
+    tls_context,
     untrusted,
     url_of,
 )
@@ -52,9 +51,8 @@ READ_SIZE = 1024 * 1024
 # An answer's unread rest up to this size is read off, so the connection can be reused.
 DRAIN_LIMIT = 64 * 1024
 
-log = logging.getLogger(__name__)
-# Checks are off only where a mirror's options say so, and that is logged once per source
-# below; urllib3 would warn on every request.
+# Checks are off only where a mirror's options say so, and tls_context logs that once per
+# source; urllib3 would warn on every request.
 warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 
 
@@ -177,7 +175,7 @@ def _pool_manager(spec: SourceSpec) -> urllib3.PoolManager:
         "timeout": urllib3.Timeout(connect=spec.connect_timeout, read=spec.stall_timeout),
         "maxsize": 1,
         # Also for http://: a redirect may lead to https.
-        "ssl_context": cached_context(options),
+        "ssl_context": tls_context(spec),
         "cert_reqs": "CERT_REQUIRED" if options.ssl_verifypeer else "CERT_NONE",
         "socket_options": [
             *urllib3.connection.HTTPConnection.default_socket_options,
@@ -186,7 +184,6 @@ def _pool_manager(spec: SourceSpec) -> urllib3.PoolManager:
     }
     if not options.ssl_verifypeer or not options.ssl_verifyhost:
         settings["assert_hostname"] = False
-        log.warning("%s: TLS certificate checks are off (ssl_verify* options)", spec.server)
     if not spec.proxy:
         return urllib3.PoolManager(**settings)
     proxy = spec.proxy if "://" in spec.proxy else f"http://{spec.proxy}"

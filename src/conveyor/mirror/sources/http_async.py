@@ -10,7 +10,6 @@ its transfer threads than moving bytes; one loop driving all transfers does not
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -24,18 +23,16 @@ from conveyor.mirror.sources.http_requests import (
     MAX_REDIRECTS,
     PERMANENT_STATUSES,
     RangeSkip,
-    cached_context,
     check_answer,
     check_end,
     innermost,
     request_parts,
+    tls_context,
     untrusted,
     url_of,
 )
 from conveyor.mirror.sources.tls import apply_keepalive
 from conveyor.mirror.spec import SourceSpec
-
-log = logging.getLogger(__name__)
 
 
 class AsyncHttpReader(AsyncReader):
@@ -81,13 +78,10 @@ class AsyncHttpReader(AsyncReader):
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             spec = self.spec
-            options = spec.options
-            if not options.ssl_verifypeer or not options.ssl_verifyhost:
-                log.warning("%s: TLS certificate checks are off (ssl_verify* options)", spec.server)
             connector = aiohttp.TCPConnector(
                 limit=self.connections,
-                ssl=cached_context(options),
-                socket_factory=_keepalive_socket(options.tcp_keepalive),
+                ssl=tls_context(spec),
+                socket_factory=_keepalive_socket(spec.options.tcp_keepalive),
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -6,6 +6,7 @@ send the same requests and classify the same answers the same way.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,8 @@ from conveyor.mirror.spec import SourceOptions, SourceSpec
 PERMANENT_STATUSES = {400, 401, 403, 404, 405, 407, 410, 451}
 THROTTLE_STATUSES = {421, 429, 503}
 MAX_REDIRECTS = 10
+
+log = logging.getLogger(__name__)
 
 
 def url_of(spec: SourceSpec, path: str, folder: bool = False) -> str:
@@ -63,6 +66,14 @@ class RangeSkip:
             dropped = min(self.left, len(chunk))
             chunk, self.left = chunk[dropped:], self.left - dropped
         return chunk
+
+
+def tls_context(spec: SourceSpec) -> ssl.SSLContext:
+    """The TLS context of ``spec``'s options; turning checks off is logged once per client."""
+    options = spec.options
+    if not options.ssl_verifypeer or not options.ssl_verifyhost:
+        log.warning("%s: TLS certificate checks are off (ssl_verify* options)", spec.server)
+    return cached_context(options)
 
 
 _contexts: dict[tuple[str | None, int, bool, bool], ssl.SSLContext] = {}
