@@ -627,10 +627,16 @@ def test_an_unknown_certificate_authority_is_a_permanent_error(kind: Kind, tmp_p
 
 
 @pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
-def test_certificate_checks_can_be_turned_off(kind: Kind, tmp_path: Path) -> None:
+def test_certificate_checks_can_be_turned_off(
+    kind: Kind, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     unchecked = {"ssl_server_cert": None, "ssl_verifypeer": False, "ssl_verifyhost": False}
     with _serve(kind, tmp_path, options=unchecked) as served:
         assert read_whole(served.spec, NAME, loop=served.loop) == DATA
+    if kind.startswith("https"):
+        # Said in the log, once per client, as a mirror's operator must be told.
+        warned = [r for r in caplog.records if "TLS certificate checks are off" in r.message]
+        assert len(warned) == 1, caplog.text
 
 
 @pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
