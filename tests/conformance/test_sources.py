@@ -27,6 +27,7 @@ from conveyor.mirror.errors import SourceError
 from conveyor.mirror.matching import select_files
 from conveyor.mirror.sources import Source, open_source
 from conveyor.mirror.sources import base as sources_base
+from conveyor.mirror.sources import parts as sources_parts
 from conveyor.mirror.spec import Credentials, SourceOptions, SourceSpec
 from tests.support.mirror_servers import ftp_server, http_server, sftp_server
 from tests.support.object_stores import S3_REGION, gcs_filesystem, s3_filesystem
@@ -291,7 +292,7 @@ def test_reads_into_a_part_file_resuming_it(source: Source, tmp_path: Path, offs
 def test_reads_into_a_part_file_sending_spans_to_disk_on_the_way(
     source: Source, tmp_path: Path, offset: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sources_base, "WRITEBACK_SPAN", 100_000)
+    monkeypatch.setattr(sources_parts, "WRITEBACK_SPAN", 100_000)
     advised: list[tuple[int, int]] = []
     real_advise = os.posix_fadvise
 
@@ -310,6 +311,18 @@ def test_reads_into_a_part_file_sending_spans_to_disk_on_the_way(
         assert advised[0][0] == offset
         for (start, length), (following, _) in itertools.pairwise(advised):
             assert length >= 100_000 and following == start + length
+
+
+@pytest.mark.parametrize("offset", [0, 262_145])
+def test_reads_into_a_part_file_directly_past_the_threshold(
+    source: Source, tmp_path: Path, offset: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources_parts, "DIRECT_FROM", 100_000)
+    monkeypatch.setattr(sources_parts, "DIRECT_SPAN", 4 * sources_parts.ALIGN)
+    part = tmp_path / "gamma.bin.part"
+    part.write_bytes(BIG[:offset])
+    assert b"".join(source.read_into("sub/gamma.bin", part, offset)) == BIG[offset:]
+    assert part.read_bytes() == BIG
 
 
 def test_reading_a_missing_file_into_a_part_is_a_permanent_error(

@@ -28,7 +28,8 @@ from conveyor.mirror.errors import MirrorError, SourceError
 from conveyor.mirror.gate import HostGate
 from conveyor.mirror.integrity import CorruptFile, check_archive
 from conveyor.mirror.retry import RetryPolicy
-from conveyor.mirror.sources.base import AsyncReader, PartWriter, Source
+from conveyor.mirror.sources.base import AsyncReader, Source
+from conveyor.mirror.sources.parts import PartWriter
 
 PART_SUFFIX = ".part"
 HASH_CHUNK = 1024 * 1024

@@ -10,7 +10,6 @@ transfer). Paths are relative to the source's ``remote_dir`` and ``/``-separated
 from __future__ import annotations
 
 import importlib
-import os
 import posixpath
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Iterator
@@ -20,13 +19,10 @@ from typing import ClassVar, Self
 
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import DefinitionError, SourceError
+from conveyor.mirror.sources.parts import PartWriter
 from conveyor.mirror.spec import SourceSpec
 
 READ_CHUNK = 256 * 1024
-WRITE_BUFFER = 64 * 1024
-# A large file's bytes are sent to disk in spans of this size while it downloads, so the
-# flush before a release is published has little left to write.
-WRITEBACK_SPAN = 32 * 1024 * 1024
 
 
 class Source(ABC):
@@ -117,60 +113,6 @@ class AsyncReader(ABC):
         return join_remote(self.spec.remote_dir, path)
 
 
-class PartWriter:
-    """Appends to a part file (creating it, and its folder, if missing); a large file's
-    bytes go to disk span by span on the way.
-
-    Chunks are gathered up to :data:`WRITE_BUFFER` and written by one ``writev``: no copy,
-    and a small file costs an open, one write and a close.
-    """
-
-    def __init__(self, part: Path, offset: int) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        try:
-            self._descriptor = os.open(part, flags, 0o644)
-        except FileNotFoundError:
-            part.parent.mkdir(parents=True, exist_ok=True)
-            self._descriptor = os.open(part, flags, 0o644)
-        self._gathered: list[bytes] = []
-        self._gathered_size = 0
-        self._written = self._flushed = offset
-
-    def write(self, chunk: bytes) -> None:
-        """Append ``chunk`` (written out once enough is gathered)."""
-        self._gathered.append(chunk)
-        self._gathered_size += len(chunk)
-        if self._gathered_size >= WRITE_BUFFER:
-            self._write_gathered()
-
-    def close(self) -> None:
-        """Write what is gathered and close the file."""
-        try:
-            self._write_gathered()
-        finally:
-            os.close(self._descriptor)
-
-    def _write_gathered(self) -> None:
-        if not self._gathered:
-            return
-        written = os.writev(self._descriptor, self._gathered)
-        if written < self._gathered_size:  # a short write: the rest one call at a time
-            rest = memoryview(b"".join(self._gathered))[written:]
-            while rest:
-                rest = rest[os.write(self._descriptor, rest) :]
-        self._written += self._gathered_size
-        self._gathered, self._gathered_size = [], 0
-        if self._written - self._flushed >= WRITEBACK_SPAN:
-            _start_writeback(self._descriptor, self._flushed, self._written - self._flushed)
-            self._flushed = self._written
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
 def join_remote(root: str, path: str) -> str:
     """``root/path`` with ``//`` collapsed; ``..`` segments and absolute paths are refused."""
     parts = [part for part in path.split("/") if part not in ("", ".")]
@@ -222,14 +164,3 @@ def source_class(protocol: str) -> type[Source]:
         known = ", ".join(sorted({*_REGISTRY, *BUILTIN_MODULES}))
         raise DefinitionError(f"no source handles protocol {protocol!r} (known: {known})")
     return cls
-
-
-def _start_writeback(descriptor: int, start: int, length: int) -> None:
-    """Start writing a span of a file to disk without waiting for it.
-
-    On Linux, ``POSIX_FADV_DONTNEED`` begins writeback of the span's dirty pages (and drops
-    only pages already clean); Python has no ``sync_file_range``. Elsewhere it is advice.
-    """
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is not None:
-        advise(descriptor, start, length, os.POSIX_FADV_DONTNEED)
