@@ -376,8 +376,8 @@ def test_selection_walks_folders_and_renames(source: Source) -> None:
 # A protocol with an AsyncReader is read by the mirror's event-loop engine: what it reads
 # must be what the protocol's source reads. One backend per server kind (the index style
 # does not matter to reading).
-READER_BACKENDS = ["http-nginx", "https"]
-PROTOCOLS_WITH_READERS = {"http", "https", "directhttp", "directhttps"}
+READER_BACKENDS = ["http-nginx", "https", "sftp"]
+PROTOCOLS_WITH_READERS = {"http", "https", "directhttp", "directhttps", "sftp"}
 
 
 @pytest.fixture(params=READER_BACKENDS)

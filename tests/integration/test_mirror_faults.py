@@ -45,7 +45,7 @@ from tests.support.reading import read_whole
 
 # "-loop": the same server, fetched by the event-loop engine (fetch_async and the protocol's
 # AsyncReader) instead of a source in a thread.
-Kind = Literal["ftp", "ftps", "http", "https", "sftp", "http-loop", "https-loop"]
+Kind = Literal["ftp", "ftps", "http", "https", "sftp", "http-loop", "https-loop", "sftp-loop"]
 HTTP_KINDS = ["http", "http-loop"]
 
 NAME = "f.bin"
@@ -271,7 +271,7 @@ def _settled(faults: Faults, quiet: float = 0.2, limit: float = 5.0) -> int:
 
 
 @pytest.mark.parametrize(
-    "kind", ["ftp", "ftps", "http", "http-loop", "https", "https-loop", "sftp"]
+    "kind", ["ftp", "ftps", "http", "http-loop", "https", "https-loop", "sftp", "sftp-loop"]
 )
 def test_a_cut_transfer_resumes_where_it_stopped(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
@@ -293,7 +293,7 @@ def test_a_cut_transfer_resumes_where_it_stopped(kind: Kind, tmp_path: Path) -> 
 # --- 2. a part left by an earlier run ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp"])
+@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp", "sftp-loop"])
 def test_a_part_left_by_an_earlier_run_is_resumed(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         wanted = served.wanted(size=len(DATA))
@@ -380,7 +380,7 @@ def test_http_retry_after_holds_the_host_back(
 # --- 5. stalls --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp"])
+@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp", "sftp-loop"])
 def test_a_stalled_transfer_is_noticed_and_resumed(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         served.info.faults.stall_after[NAME] = 200_000
@@ -416,7 +416,7 @@ def _assert_permanent_at_once(served: Served, wanted: Wanted) -> SourceError:
     return raised.value
 
 
-@pytest.mark.parametrize("kind", ["http", "http-loop", "ftp", "sftp"])
+@pytest.mark.parametrize("kind", ["http", "http-loop", "ftp", "sftp", "sftp-loop"])
 def test_a_missing_file_is_not_retried(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         error = _assert_permanent_at_once(served, served.wanted("missing.bin"))
@@ -424,7 +424,7 @@ def test_a_missing_file_is_not_retried(kind: Kind, tmp_path: Path) -> None:
     assert expected in str(error)
 
 
-@pytest.mark.parametrize("kind", ["ftp", "sftp"])
+@pytest.mark.parametrize("kind", ["ftp", "sftp", "sftp-loop"])
 def test_a_bad_password_is_not_retried(
     kind: Kind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -596,6 +596,25 @@ def test_a_changed_host_key_is_refused_whatever_ssh_new_host_says(
     assert known.read_text() == line
 
 
+@pytest.mark.parametrize("stranger", ["unknown", "changed"])
+def test_the_event_loop_reader_checks_host_keys_as_the_source_does(
+    stranger: str, tmp_path: Path
+) -> None:
+    known = tmp_path / "known_hosts"
+    (tmp_path / "bank").mkdir()
+    (tmp_path / "bank" / NAME).write_bytes(b"x")
+    with sftp_server(tmp_path / "bank") as info:
+        known.write_text(_other_key_line(info) if stranger == "changed" else "")
+        spec = _spec(info, known, stall_timeout=5)
+        with pytest.raises(SourceError) as raised:
+            read_whole(spec, NAME, loop=True)
+        accepted = _spec(info, known, options={"ssh_new_host": "accept"}, stall_timeout=5)
+        if stranger == "unknown":
+            assert read_whole(accepted, NAME, loop=True) == b"x"
+    assert raised.value.permanent
+    assert ("ssh_new_host" if stranger == "unknown" else "does not match") in str(raised.value)
+
+
 @pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes256-ctr"])
 def test_sftp_prefers_aes_gcm_but_still_meets_a_server_without_it(
     cipher: str, tmp_path: Path
@@ -681,7 +700,7 @@ class Cancelled(Exception):
     """What a caller's progress callback raises to stop a transfer."""
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp"])
+@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp", "sftp-loop"])
 def test_a_progress_callback_can_cancel_and_the_part_is_kept(kind: Kind, tmp_path: Path) -> None:
     counted: list[int] = []
 

@@ -1,18 +1,19 @@
 """SFTP with asyncssh: known-hosts checks as BioMAJ's ``ssh_*`` options say, resume by offset.
 
 asyncssh reads a large span with many requests in flight (paramiko, pure Python, moved
-about 40 MB/s a stream here), so each source drives its connection on the process's background
-loop thread and hands results to its caller's thread.
+about 40 MB/s a stream here). The threaded source drives its connection on the process's
+background loop thread and hands each result to its caller's thread; the event-loop reader
+keeps a run's connections on the run's own loop, with no hand-over between threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import stat
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import asyncssh
 from asyncssh.encryption import get_default_encryption_algs
@@ -20,7 +21,7 @@ from asyncssh.encryption import get_default_encryption_algs
 from conveyor.aioloop import background_loop, run_on_loop
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError
-from conveyor.mirror.sources.base import Source, register
+from conveyor.mirror.sources.base import AsyncReader, Source, register
 from conveyor.mirror.spec import SourceSpec
 
 T = TypeVar("T")
@@ -37,11 +38,79 @@ ENCRYPTION_ALGS = [
 ]
 
 
+class AsyncSftpReader(AsyncReader):
+    """Reads files over up to ``connections`` SSH connections, each with its SFTP session,
+    kept open between the transfers of a run."""
+
+    def __init__(self, spec: SourceSpec, connections: int) -> None:
+        super().__init__(spec, connections)
+        self._idle: list[_Session] = []
+        self._open: set[_Session] = set()
+        self._closing: list[asyncssh.SSHClientConnection] = []
+        self._slots = asyncio.Semaphore(connections)
+
+    async def read(self, path: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
+        """Spans of 256 KiB from ``offset``, each read with many requests in flight.
+
+        A connection goes back to the pool only after a clean end, or a refusal that left
+        no file open; after a stall, a cut or an abandoned read it is closed, which also
+        releases its open file on the server (closing that alone could wait on a stall).
+        """
+        full = self.remote_path(path)
+        async with self._slots:
+            session = await self._session(full)
+            handle: asyncssh.SFTPClientFile | None = None
+            reusable = False
+            try:
+                handle = await _guarded(self.spec, session.sftp.open(full, "rb"), full)
+                position = offset
+                while span := await _guarded(
+                    self.spec, _read_span(handle, position, self.spec), full
+                ):
+                    position += len(span)
+                    yield span
+                await _guarded(self.spec, handle.close(), full)
+                reusable = True
+            except _Failure as failure:
+                reusable = failure.keep_connection and handle is None
+                raise failure.error from None
+            finally:
+                if reusable:
+                    self._idle.append(session)
+                else:
+                    self._drop(session)
+
+    async def close(self) -> None:
+        """Close every connection and wait until they are closed."""
+        for session in list(self._open):
+            self._drop(session)
+        closing, self._closing = self._closing, []
+        for connection in closing:
+            await connection.wait_closed()
+
+    async def _session(self, path: str) -> _Session:
+        if self._idle:
+            return self._idle.pop()
+        try:
+            session = _Session(*await _guarded(self.spec, _connect(self.spec), path))
+        except _Failure as failure:
+            raise failure.error from None
+        self._open.add(session)
+        return session
+
+    def _drop(self, session: _Session) -> None:
+        """Close a connection without waiting (a read may be ending on a cancellation)."""
+        self._open.discard(session)
+        session.connection.close()
+        self._closing.append(session.connection)
+
+
 @register
 class SftpSource(Source):
     """One SSH connection and SFTP session, opened on first use and again after a failure."""
 
     protocols = ("sftp",)
+    async_reader = AsyncSftpReader
 
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
@@ -77,15 +146,9 @@ class SftpSource(Source):
         handle = self._call(opened(), full)
         position = offset
         try:
-            while True:
-                span = self._call(
-                    asyncio.wait_for(handle.read(READ_SPAN, position), self.spec.stall_timeout),
-                    full,
-                )
-                if not span:
-                    return
+            while span := self._call(_read_span(handle, position, self.spec), full):
                 position += len(span)
-                yield cast(bytes, span)  # opened "rb": bytes
+                yield span
         finally:
             if self._sftp is not None:
                 try:
@@ -108,85 +171,127 @@ class SftpSource(Source):
 
     def _client(self) -> asyncssh.SFTPClient:
         if self._sftp is None:
-            self._connection, self._sftp = self._call(self._connect(), "/")
+            self._connection, self._sftp = self._call(_connect(self.spec), "/")
         return self._sftp
-
-    async def _connect(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
-        spec = self.spec
-        port = spec.port(22)
-        credentials = spec.credentials
-        connection = await asyncio.wait_for(
-            asyncssh.connect(
-                spec.host,
-                port,
-                username=credentials.user if credentials else None,
-                password=credentials.secret() if credentials else None,
-                known_hosts=await self._trusted_keys(port),
-                client_keys=None,
-                agent_path=None,
-                keepalive_interval=spec.options.tcp_keepalive or None,
-                encryption_algs=ENCRYPTION_ALGS,
-            ),
-            spec.connect_timeout,
-        )
-        try:
-            return connection, await connection.start_sftp_client()
-        except BaseException:
-            connection.close()
-            raise
-
-    async def _trusted_keys(self, port: int) -> Any:
-        """The known-hosts file when it knows the host (a changed key is then refused), else
-        what ``ssh_new_host`` says: refuse, trust for this connection, or trust and record."""
-        spec = self.spec
-        known = Path(spec.options.ssh_hosts_file).expanduser()
-        if known.is_file() and asyncssh.read_known_hosts(str(known)).match(spec.host, "", port)[0]:
-            return str(known)
-        policy = spec.options.ssh_new_host
-        if policy == "reject":
-            raise SourceError(
-                f"the host key of {spec.host} is not in the known-hosts file and ssh_new_host "
-                "is reject (set it to accept or add to trust a new host)",
-                permanent=True,
-            )
-        key = await asyncssh.get_server_host_key(spec.host, port)
-        if key is None:
-            raise SourceError(f"{spec.host} offered no host key", permanent=True)
-        if policy == "add":
-            pattern = spec.host if port == 22 else f"[{spec.host}]:{port}"
-            public = key.export_public_key("openssh").decode().split()
-            known.parent.mkdir(parents=True, exist_ok=True)
-            with known.open("a") as hosts:
-                hosts.write(f"{pattern} {public[0]} {public[1]}\n")
-        return ([key], [], [])
 
     def _call(self, operation: Coroutine[Any, Any, T], path: str) -> T:
         try:
-            return run_on_loop(operation)
-        except SourceError:
-            raise
-        except (asyncssh.Error, OSError, TimeoutError) as error:
-            raise self._failure(error, path) from None
+            return run_on_loop(_guarded(self.spec, operation, path))
+        except _Failure as failure:
+            if not failure.keep_connection:
+                self.close()
+            raise failure.error from None
 
-    def _failure(self, error: BaseException, path: str) -> SourceError:
-        where = f"sftp://{self.spec.server.rsplit('@', 1)[-1]}{path}"
-        if isinstance(error, asyncssh.HostKeyNotVerifiable):
-            self.close()
-            return SourceError(
-                f"the host key of {self.spec.host} does not match the known-hosts file: refused",
+
+class _Session(NamedTuple):
+    connection: asyncssh.SSHClientConnection
+    sftp: asyncssh.SFTPClient
+
+
+class _Failure(Exception):
+    """A source error, and whether the connection it happened on can still be used."""
+
+    def __init__(self, error: SourceError, keep_connection: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.keep_connection = keep_connection
+
+
+async def _guarded(spec: SourceSpec, operation: Awaitable[T], path: str) -> T:
+    """Await ``operation``; asyncssh's and the network's errors become a :class:`_Failure`."""
+    try:
+        return await operation
+    except SourceError as error:
+        raise _Failure(error, keep_connection=error.permanent) from None
+    except (asyncssh.Error, OSError, TimeoutError) as error:
+        raise _failure(spec, error, path) from None
+
+
+async def _read_span(handle: asyncssh.SFTPClientFile, position: int, spec: SourceSpec) -> bytes:
+    """The next span from ``position`` (empty at the end); no byte for the stall timeout is
+    a :class:`TimeoutError`."""
+    span = await asyncio.wait_for(handle.read(READ_SPAN, position), spec.stall_timeout)
+    return cast(bytes, span)  # opened "rb": bytes
+
+
+async def _connect(spec: SourceSpec) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
+    """An SSH connection to the host (its key checked as the options say) and its session."""
+    port = spec.port(22)
+    credentials = spec.credentials
+    connection = await asyncio.wait_for(
+        asyncssh.connect(
+            spec.host,
+            port,
+            username=credentials.user if credentials else None,
+            password=credentials.secret() if credentials else None,
+            known_hosts=await _trusted_keys(spec, port),
+            client_keys=None,
+            agent_path=None,
+            keepalive_interval=spec.options.tcp_keepalive or None,
+            encryption_algs=ENCRYPTION_ALGS,
+        ),
+        spec.connect_timeout,
+    )
+    try:
+        return connection, await connection.start_sftp_client()
+    except BaseException:
+        connection.close()
+        raise
+
+
+async def _trusted_keys(spec: SourceSpec, port: int) -> Any:
+    """The known-hosts file when it knows the host (a changed key is then refused), else
+    what ``ssh_new_host`` says: refuse, trust for this connection, or trust and record."""
+    known = Path(spec.options.ssh_hosts_file).expanduser()
+    if known.is_file() and asyncssh.read_known_hosts(str(known)).match(spec.host, "", port)[0]:
+        return str(known)
+    policy = spec.options.ssh_new_host
+    if policy == "reject":
+        raise SourceError(
+            f"the host key of {spec.host} is not in the known-hosts file and ssh_new_host "
+            "is reject (set it to accept or add to trust a new host)",
+            permanent=True,
+        )
+    key = await asyncssh.get_server_host_key(spec.host, port)
+    if key is None:
+        raise SourceError(f"{spec.host} offered no host key", permanent=True)
+    if policy == "add":
+        pattern = spec.host if port == 22 else f"[{spec.host}]:{port}"
+        public = key.export_public_key("openssh").decode().split()
+        known.parent.mkdir(parents=True, exist_ok=True)
+        with known.open("a") as hosts:
+            hosts.write(f"{pattern} {public[0]} {public[1]}\n")
+    return ([key], [], [])
+
+
+def _failure(spec: SourceSpec, error: BaseException, path: str) -> _Failure:
+    """What ``error`` means for a transfer; a refused key or login, a stall or a broken
+    connection drops the connection, a missing or forbidden file does not."""
+    where = f"sftp://{spec.server.rsplit('@', 1)[-1]}{path}"
+    if isinstance(error, asyncssh.HostKeyNotVerifiable):
+        return _Failure(
+            SourceError(
+                f"the host key of {spec.host} does not match the known-hosts file: refused",
                 permanent=True,
-            )
-        if isinstance(error, asyncssh.PermissionDenied):
-            self.close()
-            return SourceError(f"{where}: authentication failed", permanent=True)
-        if isinstance(error, asyncssh.SFTPNoSuchFile | FileNotFoundError):
-            return SourceError(f"{where}: no such file or folder", permanent=True)
-        if isinstance(error, asyncssh.SFTPPermissionDenied | PermissionError):
-            return SourceError(f"{where}: permission denied", permanent=True)
-        self.close()
-        if isinstance(error, TimeoutError):
-            return SourceError(f"{where}: stalled, no data for {self.spec.stall_timeout:g} s")
-        return SourceError(f"{where}: {error}")
+            ),
+            keep_connection=False,
+        )
+    if isinstance(error, asyncssh.PermissionDenied):
+        return _Failure(
+            SourceError(f"{where}: authentication failed", permanent=True), keep_connection=False
+        )
+    if isinstance(error, asyncssh.SFTPNoSuchFile | FileNotFoundError):
+        return _Failure(
+            SourceError(f"{where}: no such file or folder", permanent=True), keep_connection=True
+        )
+    if isinstance(error, asyncssh.SFTPPermissionDenied | PermissionError):
+        return _Failure(
+            SourceError(f"{where}: permission denied", permanent=True), keep_connection=True
+        )
+    if isinstance(error, TimeoutError):
+        message = f"{where}: stalled, no data for {spec.stall_timeout:g} s"
+        return _Failure(SourceError(message), keep_connection=False)
+    return _Failure(SourceError(f"{where}: {error}"), keep_connection=False)
 
 
 def _entry(name: str, attrs: asyncssh.SFTPAttrs) -> RemoteEntry:
