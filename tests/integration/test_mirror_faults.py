@@ -652,10 +652,9 @@ def test_certificate_checks_can_be_turned_off(
     unchecked = {"ssl_server_cert": None, "ssl_verifypeer": False, "ssl_verifyhost": False}
     with _serve(kind, tmp_path, options=unchecked) as served:
         assert read_whole(served.spec, NAME, loop=served.loop) == DATA
-    if kind.startswith("https"):
-        # Said in the log, once per client, as a mirror's operator must be told.
-        warned = [r for r in caplog.records if "TLS certificate checks are off" in r.message]
-        assert len(warned) == 1, caplog.text
+    # Said in the log, once per client, as a mirror's operator must be told.
+    warned = [r for r in caplog.records if "TLS certificate checks are off" in r.message]
+    assert len(warned) == 1, caplog.text
 
 
 @pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])

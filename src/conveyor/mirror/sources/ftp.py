@@ -15,7 +15,7 @@ from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError
 from conveyor.mirror.listings import parse_list, parse_mlsd
 from conveyor.mirror.sources.base import READ_CHUNK, Source, register
-from conveyor.mirror.sources.tls import apply_keepalive, ssl_context
+from conveyor.mirror.sources.tls import apply_keepalive, tls_context
 from conveyor.mirror.spec import SourceSpec
 
 T = TypeVar("T")
@@ -33,6 +33,8 @@ class FtpSource(Source):
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
         self.tls = spec.protocol.endswith("ftps")
+        # Made once: turning certificate checks off is logged once per source, not per login.
+        self._tls_context = tls_context(spec) if self.tls else None
         self._ftp: ftplib.FTP | None = None
         self._cwd: str | None = None
         self._mlsd = True
@@ -83,8 +85,8 @@ class FtpSource(Source):
         spec = self.spec
         # Plain FTP is what many public banks serve; FTPS is used whenever asked for.
         ftp = (
-            ftplib.FTP_TLS(context=ssl_context(spec.options))  # noqa: S321
-            if self.tls
+            ftplib.FTP_TLS(context=self._tls_context)  # noqa: S321
+            if self._tls_context is not None
             else ftplib.FTP()  # noqa: S321
         )
         try:

@@ -39,11 +39,10 @@ from conveyor.mirror.sources.http_requests import (
     check_end,
     innermost,
     request_parts,
-    tls_context,
     untrusted,
     url_of,
 )
-from conveyor.mirror.sources.tls import keepalive_options
+from conveyor.mirror.sources.tls import keepalive_options, tls_context
 from conveyor.mirror.spec import SourceSpec
 
 # Up to this much per read: whatever the socket holds, so a cut loses nothing received.

@@ -27,11 +27,10 @@ from conveyor.mirror.sources.http_requests import (
     check_end,
     innermost,
     request_parts,
-    tls_context,
     untrusted,
     url_of,
 )
-from conveyor.mirror.sources.tls import apply_keepalive
+from conveyor.mirror.sources.tls import apply_keepalive, tls_context
 from conveyor.mirror.spec import SourceSpec
 
 

@@ -6,11 +6,9 @@ send the same requests and classify the same answers the same way.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections import deque
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -19,14 +17,11 @@ from conveyor.http_headers import retry_after_seconds
 from conveyor.mirror.errors import SourceError
 from conveyor.mirror.integrity import CorruptFile
 from conveyor.mirror.sources.base import join_remote
-from conveyor.mirror.sources.tls import ssl_context
-from conveyor.mirror.spec import SourceOptions, SourceSpec
+from conveyor.mirror.spec import SourceSpec
 
 PERMANENT_STATUSES = {400, 401, 403, 404, 405, 407, 410, 451}
 THROTTLE_STATUSES = {421, 429, 503}
 MAX_REDIRECTS = 10
-
-log = logging.getLogger(__name__)
 
 
 def url_of(spec: SourceSpec, path: str, folder: bool = False) -> str:
@@ -66,28 +61,6 @@ class RangeSkip:
             dropped = min(self.left, len(chunk))
             chunk, self.left = chunk[dropped:], self.left - dropped
         return chunk
-
-
-def tls_context(spec: SourceSpec) -> ssl.SSLContext:
-    """The TLS context of ``spec``'s options; turning checks off is logged once per client."""
-    options = spec.options
-    if not options.ssl_verifypeer or not options.ssl_verifyhost:
-        log.warning("%s: TLS certificate checks are off (ssl_verify* options)", spec.server)
-    return cached_context(options)
-
-
-_contexts: dict[tuple[str | None, int, bool, bool], ssl.SSLContext] = {}
-
-
-def cached_context(options: SourceOptions) -> ssl.SSLContext:
-    """One context per TLS setting (and CA file version): loading the CAs costs ~25 ms."""
-    cafile = options.ssl_server_cert
-    version = Path(cafile).stat().st_mtime_ns if cafile and Path(cafile).exists() else 0
-    key = (cafile, version, options.ssl_verifyhost, options.ssl_verifypeer)
-    context = _contexts.get(key)
-    if context is None:
-        context = _contexts[key] = ssl_context(options)
-    return context
 
 
 def auth_headers(spec: SourceSpec) -> dict[str, str]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+from pathlib import Path
 
-from conveyor.mirror.spec import SourceOptions
+from conveyor.mirror.spec import SourceOptions, SourceSpec
+
+log = logging.getLogger(__name__)
 
 
 def ssl_context(options: SourceOptions) -> ssl.SSLContext:
@@ -15,6 +19,28 @@ def ssl_context(options: SourceOptions) -> ssl.SSLContext:
         context.check_hostname = False
     if not options.ssl_verifypeer:
         context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def tls_context(spec: SourceSpec) -> ssl.SSLContext:
+    """The TLS context of ``spec``'s options; turning checks off is logged once per client."""
+    options = spec.options
+    if not options.ssl_verifypeer or not options.ssl_verifyhost:
+        log.warning("%s: TLS certificate checks are off (ssl_verify* options)", spec.server)
+    return cached_context(options)
+
+
+_contexts: dict[tuple[str | None, int, bool, bool], ssl.SSLContext] = {}
+
+
+def cached_context(options: SourceOptions) -> ssl.SSLContext:
+    """One context per TLS setting (and CA file version): loading the CAs costs ~25 ms."""
+    cafile = options.ssl_server_cert
+    version = Path(cafile).stat().st_mtime_ns if cafile and Path(cafile).exists() else 0
+    key = (cafile, version, options.ssl_verifyhost, options.ssl_verifypeer)
+    context = _contexts.get(key)
+    if context is None:
+        context = _contexts[key] = ssl_context(options)
     return context
 
 
