@@ -645,6 +645,19 @@ def test_an_unknown_certificate_authority_is_a_permanent_error(kind: Kind, tmp_p
         _assert_permanent_at_once(served, served.wanted(size=len(DATA)))
 
 
+@pytest.mark.parametrize("problem", ["missing", "not a certificate"])
+@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
+def test_an_unusable_ca_file_is_a_clear_permanent_error(
+    kind: Kind, problem: str, tmp_path: Path
+) -> None:
+    cafile = tmp_path / "ca.pem"
+    if problem != "missing":
+        cafile.write_text("not a certificate\n")
+    with _serve(kind, tmp_path, options={"ssl_server_cert": str(cafile)}) as served:
+        error = _assert_permanent_at_once(served, served.wanted(size=len(DATA)))
+    assert f"ssl_server_cert '{cafile}' cannot be used" in str(error)
+
+
 @pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
 def test_certificate_checks_can_be_turned_off(
     kind: Kind, tmp_path: Path, caplog: pytest.LogCaptureFixture

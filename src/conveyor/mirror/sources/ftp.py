@@ -33,8 +33,8 @@ class FtpSource(Source):
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
         self.tls = spec.protocol.endswith("ftps")
-        # Made once: turning certificate checks off is logged once per source, not per login.
-        self._tls_context = tls_context(spec) if self.tls else None
+        # Made at the first login and kept: checks turned off are logged once per source.
+        self._tls_context: ssl.SSLContext | None = None
         self._ftp: ftplib.FTP | None = None
         self._cwd: str | None = None
         self._mlsd = True
@@ -83,6 +83,8 @@ class FtpSource(Source):
         if self._ftp is not None:
             return self._ftp
         spec = self.spec
+        if self.tls and self._tls_context is None:
+            self._tls_context = tls_context(spec)  # a missing CA file: a SourceError, by _call
         # Plain FTP is what many public banks serve; FTPS is used whenever asked for.
         ftp = (
             ftplib.FTP_TLS(context=self._tls_context)  # noqa: S321

@@ -7,6 +7,7 @@ import socket
 import ssl
 from pathlib import Path
 
+from conveyor.mirror.errors import SourceError
 from conveyor.mirror.spec import SourceOptions, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,14 @@ def cached_context(options: SourceOptions) -> ssl.SSLContext:
     key = (cafile, version, options.ssl_verifyhost, options.ssl_verifypeer)
     context = _contexts.get(key)
     if context is None:
-        context = _contexts[key] = ssl_context(options)
+        try:
+            context = _contexts[key] = ssl_context(options)
+        except (OSError, ssl.SSLError) as error:
+            # A missing or malformed CA file is the mirror's setting: retrying cannot help.
+            reason = error.strerror or getattr(error, "reason", None) or str(error)
+            raise SourceError(
+                f"ssl_server_cert {cafile!r} cannot be used: {reason}", permanent=True
+            ) from None
     return context
 
 
