@@ -6,7 +6,7 @@ import errno
 import fcntl
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,11 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="O_
 
 @pytest.fixture(autouse=True)
 def _small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Direct I/O from 100 kB on, in spans of 16 KiB: many spans from a small file."""
+    """Direct I/O from 100 kB on, in spans of 16 KiB: many spans from a small file; the
+    receive buffer written out every 32 KiB or so before that."""
     monkeypatch.setattr(parts, "DIRECT_FROM", DIRECT_FROM)
     monkeypatch.setattr(parts, "DIRECT_SPAN", SPAN)
+    monkeypatch.setattr(parts, "RECEIVE_BUFFER", parts.WRITE_BUFFER + 32 * 1024)
 
 
 def chunks(data: bytes, size: int) -> Iterator[bytes]:
@@ -38,6 +40,31 @@ def write(part: Path, offset: int, data: bytes, size: int) -> None:
     with PartWriter(part, offset) as out:
         for chunk in chunks(data, size):
             out.write(chunk)
+
+
+def feeding(data: bytes, size: int) -> Callable[[memoryview], int]:
+    """A ``fill`` for :meth:`PartWriter.receive` placing up to ``size`` bytes of ``data``
+    a call, as ``recv_into`` does."""
+    position = 0
+
+    def fill(free: memoryview) -> int:
+        nonlocal position
+        piece = data[position : position + min(size, len(free))]
+        free[: len(piece)] = piece
+        position += len(piece)
+        return len(piece)
+
+    return fill
+
+
+def receive(part: Path, offset: int, data: bytes, size: int) -> bytes:
+    """``data`` appended through ``receive``; what the views said, each read as it came."""
+    fill = feeding(data, size)
+    seen = []
+    with PartWriter(part, offset) as out:
+        while piece := out.receive(fill):
+            seen.append(bytes(piece))
+    return b"".join(seen)
 
 
 def descriptor_flags(part: Path) -> int:
@@ -65,6 +92,56 @@ def test_every_byte_lands_in_order_from_any_offset(tmp_path: Path, offset: int, 
     data = DATA[offset:] if size > 1 else DATA[offset : offset + 3 * SPAN]
     write(part, offset, data, size)
     assert part.read_bytes() == DATA[: offset + len(data)]
+
+
+@pytest.mark.parametrize("size", [1_000, 7_777, 65_536, 300_001])
+@pytest.mark.parametrize("offset", [0, 4_095, DIRECT_FROM - 1, DIRECT_FROM + 4_097])
+def test_received_bytes_land_in_order_and_each_view_holds_them(
+    tmp_path: Path, offset: int, size: int
+) -> None:
+    part = tmp_path / "deep" / "file.part"
+    if offset:
+        part.parent.mkdir()
+        part.write_bytes(DATA[:offset])
+    assert receive(part, offset, DATA[offset:], size) == DATA[offset:]
+    assert part.read_bytes() == DATA
+
+
+def test_written_and_received_pieces_keep_their_order(tmp_path: Path) -> None:
+    part = tmp_path / "file.part"
+    pieces = list(chunks(DATA, 9_000))
+    with PartWriter(part, 0) as out:
+        for number, piece in enumerate(pieces):
+            if number % 3:
+                out.write(piece)
+                continue
+            fill, seen = feeding(piece, len(piece)), b""
+            while view := out.receive(fill):
+                seen += view
+            assert seen == piece
+    assert part.read_bytes() == DATA
+
+
+def test_a_fill_placing_nothing_keeps_what_came_before(tmp_path: Path) -> None:
+    part = tmp_path / "file.part"
+    with PartWriter(part, 0) as out:
+        assert out.receive(feeding(DATA[:5_000], 5_000)) == DATA[:5_000]
+        assert out.receive(feeding(b"", 5_000)) == b""
+    assert part.read_bytes() == DATA[:5_000]
+
+
+@linux_only
+def test_received_bytes_past_the_threshold_are_written_directly(tmp_path: Path) -> None:
+    part = tmp_path / "file.part"
+    went_direct_at = None
+    with PartWriter(part, 0) as out:
+        fill = feeding(DATA, 7_777)
+        while view := out.receive(fill):
+            if went_direct_at is None and descriptor_flags(part) & os.O_DIRECT:
+                went_direct_at = part.stat().st_size
+            del view
+    assert went_direct_at is not None and DIRECT_FROM <= went_direct_at < len(DATA)
+    assert part.read_bytes() == DATA
 
 
 @linux_only

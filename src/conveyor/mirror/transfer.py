@@ -76,7 +76,7 @@ class _Digests:
         self.crc32 = 0
         self.size = 0
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: bytes | memoryview) -> None:
         self.sha256.update(chunk)
         if self.md5 is not None:
             self.md5.update(chunk)
@@ -217,7 +217,7 @@ class _Transfer:
         """Whether the part is still shorter than the listed size (or the size is unknown)."""
         return self.wanted.size is None or self.digests.size < self.wanted.size
 
-    def take(self, chunk: bytes) -> None:
+    def take(self, chunk: bytes | memoryview) -> None:
         """Count a chunk that reached the part."""
         self.digests.update(chunk)
         self._on_bytes(len(chunk))

@@ -51,11 +51,13 @@ class Source(ABC):
         for ``spec.stall_timeout`` seconds raises a transient :class:`SourceError`.
         """
 
-    def read_into(self, path: str, part: Path, offset: int) -> Iterator[bytes]:
+    def read_into(self, path: str, part: Path, offset: int) -> Iterator[bytes | memoryview]:
         """Append the bytes of ``path`` from ``offset`` to ``part``, yielding each piece.
 
         Sources whose tools write files themselves (rsync) write into ``part`` directly and
-        yield what landed, so a transfer is never copied twice.
+        yield what landed, so a transfer is never copied twice; sources reading a socket of
+        their own receive into the part's buffer (:meth:`PartWriter.receive`) and yield
+        views that are valid until the next piece is asked for.
         """
         with PartWriter(part, offset) as out:
             for chunk in self.read(path, offset):

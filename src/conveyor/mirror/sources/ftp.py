@@ -9,16 +9,19 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError
 from conveyor.mirror.listings import parse_list, parse_mlsd
 from conveyor.mirror.sources.base import READ_CHUNK, Source, register
+from conveyor.mirror.sources.parts import PartWriter
 from conveyor.mirror.sources.tls import apply_keepalive, tls_context
 from conveyor.mirror.spec import SourceSpec
 
 T = TypeVar("T")
+Piece = TypeVar("Piece", bytes, memoryview)
 
 # Replies meaning "this server does not know MLSD": fall back to LIST.
 NOT_IMPLEMENTED = ("500", "501", "502", "504")
@@ -55,9 +58,14 @@ class FtpSource(Source):
 
     def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
         """RETR, after ``REST offset`` when resuming."""
-        target = self._target(path)
-        conn = self._call(lambda ftp: ftp.transfercmd(f"RETR {target}", rest=offset or None))
-        yield from self._drain(conn, path)
+        conn = self._retrieve(path, offset)
+        yield from self._drain(conn, path, lambda: conn.recv(READ_CHUNK))
+
+    def read_into(self, path: str, part: Path, offset: int) -> Iterator[memoryview]:
+        """:meth:`read`, received straight into the part file's buffer."""
+        conn = self._retrieve(path, offset)
+        with PartWriter(part, offset) as out:
+            yield from self._drain(conn, path, lambda: out.receive(conn.recv_into))
 
     def stat(self, path: str) -> RemoteEntry:
         """SIZE and MDTM."""
@@ -78,6 +86,11 @@ class FtpSource(Source):
             ftp.quit()
         except (OSError, EOFError, ftplib.Error):
             ftp.close()
+
+    def _retrieve(self, path: str, offset: int) -> socket.socket:
+        """The data connection of ``RETR path``, after ``REST offset`` when resuming."""
+        target = self._target(path)
+        return self._call(lambda ftp: ftp.transfercmd(f"RETR {target}", rest=offset or None))
 
     def _connection(self) -> ftplib.FTP:
         if self._ftp is not None:
@@ -166,7 +179,7 @@ class FtpSource(Source):
         conn = self._call(lambda ftp: ftp.transfercmd(request))
         ftp = self._connection()
         pending = b""
-        for chunk in self._drain(conn, path):
+        for chunk in self._drain(conn, path, lambda: conn.recv(READ_CHUNK)):
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
@@ -174,12 +187,15 @@ class FtpSource(Source):
         if pending.strip():
             yield pending.rstrip(b"\r").decode(ftp.encoding, "replace")
 
-    def _drain(self, conn: socket.socket, path: str) -> Iterator[bytes]:
-        """The bytes of a data connection, then the transfer's final reply."""
+    def _drain(
+        self, conn: socket.socket, path: str, receive: Callable[[], Piece]
+    ) -> Iterator[Piece]:
+        """What ``receive`` takes from a data connection until it ends, then the transfer's
+        final reply."""
         done = False
         try:
             with conn:
-                while chunk := conn.recv(READ_CHUNK):
+                while chunk := receive():
                     yield chunk
                 if isinstance(conn, ssl.SSLSocket):
                     # A cut data connection ends without TLS's close message; the reply
