@@ -306,6 +306,20 @@ def test_a_part_left_by_an_earlier_run_is_resumed(kind: Kind, tmp_path: Path) ->
     assert _starts(kind, requests) == [100_000]
 
 
+@pytest.mark.parametrize("kind", ["http", "http-loop"])
+def test_a_server_ignoring_the_range_resumes_with_the_bytes_already_held_skipped(
+    kind: Kind, tmp_path: Path
+) -> None:
+    with _serve(kind, tmp_path) as served:
+        served.info.faults.ignore_ranges = True
+        wanted = served.wanted(size=len(DATA))
+        _part(wanted).parent.mkdir(parents=True)
+        _part(wanted).write_bytes(DATA[:100_000])
+        result = _fetch(served, wanted, 1)
+    _assert_whole(result, wanted)
+    assert (result.attempts, result.resumed) == (1, 1)
+
+
 @pytest.mark.parametrize("kind", HTTP_KINDS)
 def test_a_kept_part_is_whole_and_checked_under_its_part_name(kind: Kind, tmp_path: Path) -> None:
     """With ``keep_part`` (the archive takes the file by one rename) nothing is renamed."""

@@ -84,6 +84,8 @@ class Faults:
     stall_after: dict[str, int] = field(default_factory=dict)
     """Path -> stop sending once after N bytes for ``stall_seconds``, connection held open."""
     stall_seconds: float = 30.0
+    ignore_ranges: bool = False
+    """HTTP only: answer a ``Range`` with the whole file (200), as servers may."""
     requests: list[str] = field(default_factory=list)
     """Log of the requests seen, oldest first."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -875,7 +877,7 @@ class _MirrorHTTPHandler(DispatchingHandler):
     def _range(self, size: int, etag: str, mtime: float) -> tuple[int, int] | str | None:
         """(start, end inclusive) of a usable Range, None to send it all, or "416"."""
         header = self.headers.get("Range")
-        if not header:
+        if not header or self.server.config.faults.ignore_ranges:
             return None
         if_range = self.headers.get("If-Range")
         if if_range is not None:
