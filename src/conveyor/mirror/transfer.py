@@ -270,14 +270,15 @@ class _Transfer:
 
 def _try_once(source: Source, transfer: _Transfer, gate: HostGate, check_archives: bool) -> None:
     """One attempt, resuming from what the part holds; a corrupt part is thrown away."""
-    _create(transfer.part)  # an empty file is fetched by reading nothing, and still checked
     try:
         with gate.slot(on_wait=source.close), _reporting_throttles(gate):
             transfer.begin()
-            if transfer.wants_more:
+            if transfer.wants_more:  # read_into creates the part
                 offset = transfer.digests.size
                 for chunk in source.read_into(transfer.wanted.path, transfer.part, offset):
                     transfer.take(chunk)
+            else:
+                _create(transfer.part)  # nothing to read, and the file is still checked
             transfer.ended()
         transfer.check(check_archives)
     except CorruptFile:

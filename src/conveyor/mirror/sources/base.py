@@ -52,7 +52,8 @@ class Source(ABC):
         """
 
     def read_into(self, path: str, part: Path, offset: int) -> Iterator[bytes | memoryview]:
-        """Append the bytes of ``path`` from ``offset`` to ``part``, yielding each piece.
+        """Append the bytes of ``path`` from ``offset`` to ``part`` (made, with its folder,
+        if missing), yielding each piece.
 
         Sources whose tools write files themselves (rsync) write into ``part`` directly and
         yield what landed, so a transfer is never copied twice; sources reading a socket of

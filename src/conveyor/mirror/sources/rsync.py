@@ -89,6 +89,8 @@ class RsyncSource(Source):
         file is resumed, never copied through a scratch folder); the bytes it writes are
         read back as they land, for the caller's hashes and progress."""
         source = self.location(path)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.touch()  # followed from the start, before rsync has made it
         with tempfile.TemporaryFile() as errors:
             process = subprocess.Popen(
                 [
