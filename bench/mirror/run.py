@@ -13,6 +13,8 @@ HTTP) what a bare threaded Python client reaches on this machine (over HTTP also
 connections on one asyncio loop instead of 4 threads).
 Before each client, dirty pages are flushed, the page cache dropped (as root) and the
 served tree read back in: every client starts with the source cached and nothing else.
+The clients run in rounds, each client once per round, and each ratio is the median of
+the rounds' ratios: a slow spell of the machine then weighs on every client alike.
 Each Conveyor run gets a new server with an empty archive, so no blob is deduplicated
 against an earlier run; its peak RSS must not grow with file count. Before the timed run
 the server runs a mirror that selects no file, so the run timed is that of a running
@@ -267,11 +269,6 @@ def _finished(client: httpx.Client, definition: dict[str, Any]) -> dict[str, Any
     return run
 
 
-def median_of(repeat: int, once: Callable[[int], float]) -> float:
-    """The median of ``repeat`` timings; ``once`` gets the repetition number."""
-    return statistics.median(once(number) for number in range(repeat))
-
-
 def fresh_conveyor(data_dir: Path, run: Callable[[str], float]) -> tuple[float, float]:
     """``run`` against a new `conveyor serve` with an empty archive in ``data_dir`` (a blob
     already held would be deduplicated, and its bytes never written); seconds and the
@@ -288,7 +285,8 @@ def fresh_conveyor(data_dir: Path, run: Callable[[str], float]) -> tuple[float, 
 
 
 class Row(NamedTuple):
-    """Median seconds of each client on one server, and Conveyor's highest peak RSS."""
+    """Median seconds of each client on one server, the median of the rounds' ratios of
+    rclone to Conveyor, and Conveyor's highest peak RSS."""
 
     rclone: float
     rclone_plus: float  # rclone, then Conveyor's extra work (hashing, a flush)
@@ -297,14 +295,23 @@ class Row(NamedTuple):
     async_floor: float  # its asyncio form, HTTP
     conveyor: float  # a running service
     first_run: float  # the first run of a fresh process
+    vs_rclone: float  # rclone over Conveyor, round by round
+    vs_rclone_plus: float
     peak_rss: float
 
 
 def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
-    """Every client against one server of ``protocol`` serving ``tree``."""
+    """Every client against one server of ``protocol`` serving ``tree``, in rounds.
+
+    Each round runs every client once, one after the other, so that a slow spell of this
+    virtual machine (the same client took from 1x to 2x its usual time for minutes on end)
+    falls on all of them rather than on whichever ran during it; the ratios are taken
+    within each round.
+    """
     with serve(protocol, tree) as info:
         known = work / "known_hosts"
         known.write_text(f"{info.known_hosts_line or ''}\n")
+        peaks: list[float] = []
 
         def fresh(name: str) -> Path:
             dest = work / "dest" / name
@@ -312,26 +319,11 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
             dest.mkdir(parents=True)
             return dest
 
-        clone = median_of(repeat, lambda n: rclone(protocol, info, fresh(f"rclone{n}"), known))
-
         def equal_work(number: int) -> float:
             dest = fresh(f"rclone-hashed{number}")
             return rclone(protocol, info, dest, known) + hashed_and_synced(dest)
 
-        clone_plus = median_of(repeat, equal_work)
-        mirror = floor = async_floor = float("nan")
-        if protocol == "http":
-            async_floor = median_of(
-                repeat, lambda n: python_floor("http-async", info, tree, fresh(f"async{n}"))
-            )
-        if protocol != "sftp":
-            mirror = median_of(repeat, lambda n: lftp(protocol, info, fresh(f"lftp{n}")))
-            floor = median_of(
-                repeat, lambda n: python_floor(protocol, info, tree, fresh(f"floor{n}"))
-            )
-        peaks: list[float] = []
-
-        def ours_once(number: int, warm: bool) -> float:
+        def ours(number: int, warm: bool) -> float:
             name = f"{protocol}-{'warm' if warm else 'cold'}-{number}"
             seconds, peak = fresh_conveyor(
                 work / "dest" / name,
@@ -340,10 +332,39 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
             peaks.append(peak)
             return seconds
 
-        ours = median_of(repeat, lambda n: ours_once(n, warm=True))
-        first = median_of(repeat, lambda n: ours_once(n, warm=False))
+        clients: dict[str, Callable[[int], float]] = {
+            "rclone": lambda n: rclone(protocol, info, fresh(f"rclone{n}"), known),
+            "rclone_plus": equal_work,
+            "conveyor": lambda n: ours(n, warm=True),
+            "first_run": lambda n: ours(n, warm=False),
+        }
+        if protocol == "http":
+            clients["async_floor"] = lambda n: python_floor(
+                "http-async", info, tree, fresh(f"async{n}")
+            )
+        if protocol != "sftp":
+            clients["lftp"] = lambda n: lftp(protocol, info, fresh(f"lftp{n}"))
+            clients["floor"] = lambda n: python_floor(protocol, info, tree, fresh(f"floor{n}"))
+        times: dict[str, list[float]] = {name: [] for name in clients}
+        for number in range(repeat):
+            for name, once in clients.items():
+                times[name].append(once(number))
     forget(work / "dest")
-    return Row(clone, clone_plus, mirror, floor, async_floor, ours, first, max(peaks))
+
+    def median(name: str) -> float:
+        return statistics.median(times[name]) if name in times else float("nan")
+
+    def ratio(name: str) -> float:
+        return statistics.median(
+            theirs / ours for theirs, ours in zip(times[name], times["conveyor"], strict=True)
+        )
+
+    return Row(
+        *(median(name) for name in Row._fields[:7]),
+        ratio("rclone"),
+        ratio("rclone_plus"),
+        max(peaks),
+    )
 
 
 def forget(folder: Path) -> None:
@@ -373,7 +394,7 @@ def main() -> None:
             print(
                 f"{label:18} {protocol:5} {row.rclone:9.2f} {row.rclone_plus:12.2f} "
                 f"{row.lftp:7.2f} {row.floor:8.2f} {row.async_floor:7.2f} {ours:10.2f} "
-                f"{row.first_run:9.2f} {row.rclone / ours:9.2f} {row.rclone_plus / ours:8.2f} "
+                f"{row.first_run:9.2f} {row.vs_rclone:9.2f} {row.vs_rclone_plus:8.2f} "
                 f"{row.floor / ours:9.2f} {row.rclone / row.first_run:13.2f} "
                 f"{total_mb / ours:6.0f} {row.peak_rss:7.0f}"
             )
