@@ -37,3 +37,18 @@ class SourceError(MirrorError):
         self.permanent = permanent
         self.throttled = throttled
         self.retry_after = retry_after
+
+
+def stalled(where: str, seconds: float) -> SourceError:
+    """A transfer that moved no byte for ``seconds`` (the low-speed timeout): retried."""
+    return SourceError(f"{where}: {stall_words(seconds)}")
+
+
+def stall_words(seconds: float) -> str:
+    """How every source says that nothing arrived for ``seconds``."""
+    return f"stalled, no data for {seconds:g} s"
+
+
+def connection_cut(where: str, cause: object) -> SourceError:
+    """A connection that ended before the transfer did, with what the system said: retried."""
+    return SourceError(f"{where}: connection cut ({cause})")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from conveyor.mirror.entries import RemoteEntry
-from conveyor.mirror.errors import SourceError
+from conveyor.mirror.errors import SourceError, stalled
 from conveyor.mirror.listings import parse_list, parse_mlsd
 from conveyor.mirror.sources.base import READ_CHUNK, Source, register
 from conveyor.mirror.sources.parts import PartWriter
@@ -142,7 +142,7 @@ class FtpSource(Source):
             text = str(error).strip()
             return SourceError(f"{where}: {text}", throttled=text.startswith("421"))
         if isinstance(error, TimeoutError | socket.timeout):
-            return SourceError(f"{where}: stalled, no data for {self.spec.stall_timeout:g} s")
+            return stalled(where, self.spec.stall_timeout)
         if isinstance(error, ssl.SSLCertVerificationError):
             return SourceError(f"{where}: TLS failed: {error}", permanent=True)
         if isinstance(error, ssl.SSLError):

@@ -30,7 +30,7 @@ from urllib3.exceptions import (
 from urllib3.exceptions import TimeoutError as HTTPTimeout
 
 from conveyor.mirror.entries import RemoteEntry
-from conveyor.mirror.errors import SourceError
+from conveyor.mirror.errors import SourceError, connection_cut, stall_words, stalled
 from conveyor.mirror.listings import parse_index
 from conveyor.mirror.sources.base import Source, register
 from conveyor.mirror.sources.http_async import AsyncHttpReader
@@ -243,8 +243,8 @@ def _raw(response: urllib3.BaseHTTPResponse) -> http.client.HTTPResponse | None:
 def _read_error(url: str, error: OSError | http.client.HTTPException, stall: float) -> SourceError:
     """What a failed read of a raw body says, as urllib3 would have said it."""
     if isinstance(error, TimeoutError):
-        return SourceError(f"{url}: stalled, no data for {stall:g} s")
-    return SourceError(f"{url}: connection cut ({error})")
+        return stalled(url, stall)
+    return connection_cut(url, error)
 
 
 def _body(response: urllib3.BaseHTTPResponse, url: str, stall: float) -> Iterator[bytes]:
@@ -253,7 +253,7 @@ def _body(response: urllib3.BaseHTTPResponse, url: str, stall: float) -> Iterato
         while chunk := response.read1(READ_SIZE):
             yield chunk
     except HTTPError as error:
-        raise _source_error(url, error, f"stalled, no data for {stall:g} s") from None
+        raise _source_error(url, error, stall_words(stall)) from None
 
 
 def _text(response: urllib3.BaseHTTPResponse, url: str, stall: float) -> Iterator[str]:
@@ -282,7 +282,7 @@ def _source_error(url: str, error: HTTPError, timed_out: str) -> SourceError:
     if isinstance(cause, HTTPTimeout):
         return SourceError(f"{url}: {timed_out}")
     if isinstance(cause, ProtocolError):
-        return SourceError(f"{url}: connection cut ({_first_arg(cause)})")
+        return connection_cut(url, _first_arg(cause))
     if isinstance(cause, ProxyError):
         return SourceError(f"{url}: the proxy failed: {innermost(cause)}")
     if isinstance(error, MaxRetryError) and error.reason is None:

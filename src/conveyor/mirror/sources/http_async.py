@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from conveyor.mirror.errors import SourceError
+from conveyor.mirror.errors import SourceError, connection_cut, stalled
 from conveyor.mirror.sources.base import AsyncReader
 from conveyor.mirror.sources.http_requests import (
     MAX_REDIRECTS,
@@ -124,7 +124,7 @@ def _source_error(url: str, error: aiohttp.ClientError, spec: SourceSpec) -> Sou
     if isinstance(error, aiohttp.ConnectionTimeoutError):
         return SourceError(f"{url}: no connection within {spec.connect_timeout:g} s")
     if isinstance(error, asyncio.TimeoutError):
-        return SourceError(f"{url}: stalled, no data for {spec.stall_timeout:g} s")
+        return stalled(url, spec.stall_timeout)
     if isinstance(error, aiohttp.ClientHttpProxyError):
         return SourceError(
             f"{url}: the proxy failed: {error.status} {error.message}",
@@ -133,5 +133,5 @@ def _source_error(url: str, error: aiohttp.ClientError, spec: SourceSpec) -> Sou
     if isinstance(error, aiohttp.ClientProxyConnectionError):
         return SourceError(f"{url}: the proxy failed: {innermost(error)}")
     if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-        return SourceError(f"{url}: connection cut ({innermost(error)})")
+        return connection_cut(url, innermost(error))
     return SourceError(f"{url}: {innermost(error)}", permanent=untrusted(error))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from conveyor.mirror.entries import RemoteEntry
-from conveyor.mirror.errors import SourceError
+from conveyor.mirror.errors import SourceError, stalled
 from conveyor.mirror.sources.base import READ_CHUNK, Source, join_remote, register
 
 # rsync --list-only: permissions, size (with thousands separators), date, time, name.
@@ -137,9 +137,7 @@ class RsyncSource(Source):
                         yield rest
                     return
                 if time.monotonic() - quiet_since > self.spec.stall_timeout:
-                    raise SourceError(
-                        f"rsync {where}: stalled, no data for {self.spec.stall_timeout:g} s"
-                    )
+                    raise stalled(f"rsync {where}", self.spec.stall_timeout)
                 time.sleep(FOLLOW_SECONDS)
 
     def stat(self, path: str) -> RemoteEntry:

@@ -20,7 +20,7 @@ from asyncssh.encryption import get_default_encryption_algs
 
 from conveyor.aioloop import background_loop, run_on_loop
 from conveyor.mirror.entries import RemoteEntry
-from conveyor.mirror.errors import SourceError
+from conveyor.mirror.errors import SourceError, stalled
 from conveyor.mirror.sources.base import AsyncReader, Source, register
 from conveyor.mirror.spec import SourceSpec
 
@@ -289,8 +289,7 @@ def _failure(spec: SourceSpec, error: BaseException, path: str) -> _Failure:
             SourceError(f"{where}: permission denied", permanent=True), keep_connection=True
         )
     if isinstance(error, TimeoutError):
-        message = f"{where}: stalled, no data for {spec.stall_timeout:g} s"
-        return _Failure(SourceError(message), keep_connection=False)
+        return _Failure(stalled(where, spec.stall_timeout), keep_connection=False)
     return _Failure(SourceError(f"{where}: {error}"), keep_connection=False)
 
 
