@@ -323,7 +323,7 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
             dest = fresh(f"rclone-hashed{number}")
             return rclone(protocol, info, dest, known) + hashed_and_synced(dest)
 
-        def ours(number: int, warm: bool) -> float:
+        def conveyor_once(number: int, warm: bool) -> float:
             name = f"{protocol}-{'warm' if warm else 'cold'}-{number}"
             seconds, peak = fresh_conveyor(
                 work / "dest" / name,
@@ -335,8 +335,8 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
         clients: dict[str, Callable[[int], float]] = {
             "rclone": lambda n: rclone(protocol, info, fresh(f"rclone{n}"), known),
             "rclone_plus": equal_work,
-            "conveyor": lambda n: ours(n, warm=True),
-            "first_run": lambda n: ours(n, warm=False),
+            "conveyor": lambda n: conveyor_once(n, warm=True),
+            "first_run": lambda n: conveyor_once(n, warm=False),
         }
         if protocol == "http":
             clients["async_floor"] = lambda n: python_floor(
