@@ -415,6 +415,26 @@ def test_a_stalled_transfer_is_noticed_and_resumed(kind: Kind, tmp_path: Path) -
     assert _starts(kind, requests, sleeps.marks) == [0, kept]
 
 
+@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp", "sftp-loop"])
+def test_a_file_stalling_on_every_attempt_fails_with_the_stall_as_reason(
+    kind: Kind, tmp_path: Path
+) -> None:
+    with _serve(kind, tmp_path) as served:
+        faults = served.info.faults
+        faults.stall_after[NAME] = 200_000
+        wanted = served.wanted(size=len(DATA))
+        # The retry resumes at or before 200 000 bytes; the stall armed again catches it.
+        sleeps = Sleeps(then=lambda: faults.stall_after.update({NAME: 400_000}))
+        with pytest.raises(SourceError) as raised:
+            _fetch(served, wanted, 2, sleep=sleeps)
+    error = raised.value
+    assert "stalled, no data for 1 s" in str(error), str(error)
+    assert not error.permanent
+    assert error.attempts == 2
+    assert faults.stall_after == {}  # the second stall fired too
+    assert not wanted.target.exists()
+
+
 # --- 6. permanent errors ----------------------------------------------------------------------
 
 
