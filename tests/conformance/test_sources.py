@@ -348,6 +348,15 @@ def test_reading_a_missing_file_is_a_permanent_error(source: Source) -> None:
     assert raised.value.permanent
 
 
+def test_a_read_refused_in_a_missing_folder_leaves_the_source_usable(source: Source) -> None:
+    # FTP: the refused CWD leaves the server in another folder than the one last entered.
+    assert b"".join(source.read("sub/gamma.bin")) == BIG
+    with pytest.raises(SourceError) as raised:
+        b"".join(source.read("no-such-folder/x.bin"))
+    assert raised.value.permanent
+    assert b"".join(source.read("sub/gamma.bin")) == BIG
+
+
 def test_stat_gives_size_and_time(source: Source, backend: Backend) -> None:
     entry = source.stat("sub/gamma.bin")
     assert entry.size == len(BIG)
@@ -381,9 +390,19 @@ def test_selection_walks_folders_and_renames(source: Source) -> None:
 # --- event-loop readers -----------------------------------------------------------------------
 # A protocol with an AsyncReader is read by the mirror's event-loop engine: what it reads
 # must be what the protocol's source reads. One backend per server kind (the index style
-# does not matter to reading).
-READER_BACKENDS = ["http-nginx", "https", "sftp"]
-PROTOCOLS_WITH_READERS = {"http", "https", "directhttp", "directhttps", "sftp"}
+# and the listing command do not matter to reading).
+READER_BACKENDS = ["ftp", "ftps", "http-nginx", "https", "sftp"]
+PROTOCOLS_WITH_READERS = {
+    "ftp",
+    "ftps",
+    "directftp",
+    "directftps",
+    "http",
+    "https",
+    "directhttp",
+    "directhttps",
+    "sftp",
+}
 
 
 @pytest.fixture(params=READER_BACKENDS)
@@ -422,6 +441,28 @@ def test_the_reader_refuses_paths_climbing_out(reader_backend: Backend) -> None:
     with pytest.raises(SourceError, match="climbs out") as raised:
         read_whole(reader_backend.spec, "../bank/alpha.txt", loop=True)
     assert raised.value.permanent
+
+
+def test_a_read_refused_in_a_missing_folder_leaves_the_reader_usable(
+    reader_backend: Backend,
+) -> None:
+    async def read_in_turn() -> list[bytes]:
+        reader = sources_base.open_async_reader(reader_backend.spec, 1)  # one connection
+        assert reader is not None
+
+        async def whole(name: str) -> bytes:
+            return b"".join([chunk async for chunk in reader.read(name)])
+
+        try:
+            first = await whole("sub/gamma.bin")
+            with pytest.raises(SourceError) as raised:
+                await whole("no-such-folder/x.bin")
+            assert raised.value.permanent
+            return [first, await whole("sub/gamma.bin")]
+        finally:
+            await reader.close()
+
+    assert asyncio.run(read_in_turn()) == [BIG, BIG]
 
 
 def test_the_reader_shares_its_connections_among_many_reads(reader_backend: Backend) -> None:

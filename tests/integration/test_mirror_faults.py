@@ -45,7 +45,18 @@ from tests.support.reading import read_whole
 
 # "-loop": the same server, fetched by the event-loop engine (fetch_async and the protocol's
 # AsyncReader) instead of a source in a thread.
-Kind = Literal["ftp", "ftps", "http", "https", "sftp", "http-loop", "https-loop", "sftp-loop"]
+Kind = Literal[
+    "ftp",
+    "ftps",
+    "http",
+    "https",
+    "sftp",
+    "ftp-loop",
+    "ftps-loop",
+    "http-loop",
+    "https-loop",
+    "sftp-loop",
+]
 HTTP_KINDS = ["http", "http-loop"]
 
 NAME = "f.bin"
@@ -271,7 +282,19 @@ def _settled(faults: Faults, quiet: float = 0.2, limit: float = 5.0) -> int:
 
 
 @pytest.mark.parametrize(
-    "kind", ["ftp", "ftps", "http", "http-loop", "https", "https-loop", "sftp", "sftp-loop"]
+    "kind",
+    [
+        "ftp",
+        "ftp-loop",
+        "ftps",
+        "ftps-loop",
+        "http",
+        "http-loop",
+        "https",
+        "https-loop",
+        "sftp",
+        "sftp-loop",
+    ],
 )
 def test_a_cut_transfer_resumes_where_it_stopped(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
@@ -293,7 +316,7 @@ def test_a_cut_transfer_resumes_where_it_stopped(kind: Kind, tmp_path: Path) -> 
 # --- 2. a part left by an earlier run ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp", "sftp-loop"])
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop", "http", "http-loop", "sftp", "sftp-loop"])
 def test_a_part_left_by_an_earlier_run_is_resumed(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         wanted = served.wanted(size=len(DATA))
@@ -337,9 +360,10 @@ def test_a_kept_part_is_whole_and_checked_under_its_part_name(kind: Kind, tmp_pa
 # --- 3. and 4. throttling ---------------------------------------------------------------------
 
 
-def test_an_ftp_421_storm_is_ridden_out_with_fewer_connections(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop"])
+def test_an_ftp_421_storm_is_ridden_out_with_fewer_connections(kind: Kind, tmp_path: Path) -> None:
     gate = HostGate(4)
-    with _serve("ftp", tmp_path) as served:
+    with _serve(kind, tmp_path) as served:
         served.info.faults.refuse_connections = 3
         wanted = served.wanted(size=len(DATA))
         result = _fetch(served, wanted, 6, gate=gate)
@@ -349,11 +373,12 @@ def test_an_ftp_421_storm_is_ridden_out_with_fewer_connections(tmp_path: Path) -
     assert gate.limit < 4
 
 
-def test_a_throttle_reply_lowers_the_limit_by_one_not_two(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop"])
+def test_a_throttle_reply_lowers_the_limit_by_one_not_two(kind: Kind, tmp_path: Path) -> None:
     # Four transfers in flight (three held here, one fetching) and the host refuses the
     # fourth: it tolerates three, and HostGate says a throttle reply lowers the limit by one.
     gate = HostGate(4)
-    with _serve("ftp", tmp_path) as served, ExitStack() as held:
+    with _serve(kind, tmp_path) as served, ExitStack() as held:
         for _ in range(3):
             held.enter_context(gate.slot())
         served.info.faults.refuse_connections = 1
@@ -394,7 +419,7 @@ def test_http_retry_after_holds_the_host_back(
 # --- 5. stalls --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp", "sftp-loop"])
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop", "http", "http-loop", "sftp", "sftp-loop"])
 def test_a_stalled_transfer_is_noticed_and_resumed(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         served.info.faults.stall_after[NAME] = 200_000
@@ -415,7 +440,7 @@ def test_a_stalled_transfer_is_noticed_and_resumed(kind: Kind, tmp_path: Path) -
     assert _starts(kind, requests, sleeps.marks) == [0, kept]
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp", "sftp-loop"])
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop", "http", "http-loop", "sftp", "sftp-loop"])
 def test_a_file_stalling_on_every_attempt_fails_with_the_stall_as_reason(
     kind: Kind, tmp_path: Path
 ) -> None:
@@ -450,7 +475,7 @@ def _assert_permanent_at_once(served: Served, wanted: Wanted) -> SourceError:
     return raised.value
 
 
-@pytest.mark.parametrize("kind", ["http", "http-loop", "ftp", "sftp", "sftp-loop"])
+@pytest.mark.parametrize("kind", ["http", "http-loop", "ftp", "ftp-loop", "sftp", "sftp-loop"])
 def test_a_missing_file_is_not_retried(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         error = _assert_permanent_at_once(served, served.wanted("missing.bin"))
@@ -458,11 +483,11 @@ def test_a_missing_file_is_not_retried(kind: Kind, tmp_path: Path) -> None:
     assert expected in str(error)
 
 
-@pytest.mark.parametrize("kind", ["ftp", "sftp", "sftp-loop"])
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop", "sftp", "sftp-loop"])
 def test_a_bad_password_is_not_retried(
     kind: Kind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if kind == "ftp":
+    if kind.startswith("ftp"):
         from pyftpdlib.handlers import FTPHandler  # type: ignore[import-untyped]
 
         # pyftpdlib waits 3 s before it answers a bad password; the test need not.
@@ -472,6 +497,50 @@ def test_a_bad_password_is_not_retried(
         _assert_permanent_at_once(served, served.wanted(size=len(DATA)))
         logins = [e for e in served.info.faults.requests if e.startswith("PASS")]
     assert len(logins) <= 1  # FTP logs its one PASS; the SFTP server logs only reads
+
+
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop"])
+def test_a_connection_refused_at_login_is_not_used_again(
+    kind: Kind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyftpdlib.handlers import FTPHandler
+
+    monkeypatch.setattr(FTPHandler, "auth_failed_timeout", 0.05)
+    wrong = Credentials.parse("user:wrong")
+    with _serve(kind, tmp_path, credentials=wrong) as served:
+        errors = _two_reads(served)
+        logins = [e for e in served.info.faults.requests if e.startswith("PASS")]
+    # Each read logs in anew and is refused for the password, not for being logged out.
+    assert all(error.permanent and "530" in str(error) for error in errors), errors
+    assert str(errors[1]) == str(errors[0])
+    assert len(logins) == 2
+
+
+def _two_reads(served: Served) -> list[SourceError]:
+    """The errors of two reads of ``f.bin`` through one source (or one reader with one
+    connection), one after the other."""
+    errors: list[SourceError] = []
+    if not served.loop:
+        with open_source(served.spec) as source:
+            for _ in range(2):
+                with pytest.raises(SourceError) as raised:
+                    b"".join(source.read(NAME))
+                errors.append(raised.value)
+        return errors
+
+    async def on_loop() -> None:
+        reader = open_async_reader(served.spec, 1)
+        assert reader is not None
+        try:
+            for _ in range(2):
+                with pytest.raises(SourceError) as raised:
+                    b"".join([chunk async for chunk in reader.read(NAME)])
+                errors.append(raised.value)
+        finally:
+            await reader.close()
+
+    asyncio.run(on_loop())
+    return errors
 
 
 # --- 7. corrupt archives ----------------------------------------------------------------------
@@ -664,7 +733,7 @@ def test_sftp_prefers_aes_gcm_but_still_meets_a_server_without_it(
 # --- 10. TLS options --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
+@pytest.mark.parametrize("kind", ["ftps", "ftps-loop", "https", "https-loop"])
 def test_an_unknown_certificate_authority_is_refused(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path, options={"ssl_server_cert": None}) as served:
         assert served.spec.options.ssl_server_cert is None
@@ -672,7 +741,7 @@ def test_an_unknown_certificate_authority_is_refused(kind: Kind, tmp_path: Path)
             read_whole(served.spec, NAME, loop=served.loop)
 
 
-@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
+@pytest.mark.parametrize("kind", ["ftps", "ftps-loop", "https", "https-loop"])
 def test_an_unknown_certificate_authority_is_a_permanent_error(kind: Kind, tmp_path: Path) -> None:
     # Retrying cannot make a certificate trusted: like a bad password, it ends the file.
     with _serve(kind, tmp_path, options={"ssl_server_cert": None}) as served:
@@ -680,7 +749,7 @@ def test_an_unknown_certificate_authority_is_a_permanent_error(kind: Kind, tmp_p
 
 
 @pytest.mark.parametrize("problem", ["missing", "not a certificate"])
-@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
+@pytest.mark.parametrize("kind", ["ftps", "ftps-loop", "https", "https-loop"])
 def test_an_unusable_ca_file_is_a_clear_permanent_error(
     kind: Kind, problem: str, tmp_path: Path
 ) -> None:
@@ -692,7 +761,7 @@ def test_an_unusable_ca_file_is_a_clear_permanent_error(
     assert f"ssl_server_cert '{cafile}' cannot be used" in str(error)
 
 
-@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
+@pytest.mark.parametrize("kind", ["ftps", "ftps-loop", "https", "https-loop"])
 def test_certificate_checks_can_be_turned_off(
     kind: Kind, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -704,7 +773,7 @@ def test_certificate_checks_can_be_turned_off(
     assert len(warned) == 1, caplog.text
 
 
-@pytest.mark.parametrize("kind", ["ftps", "https", "https-loop"])
+@pytest.mark.parametrize("kind", ["ftps", "ftps-loop", "https", "https-loop"])
 def test_a_given_certificate_authority_is_trusted(kind: Kind, tmp_path: Path) -> None:
     with _serve(kind, tmp_path) as served:
         assert served.spec.options.ssl_server_cert == str(served.info.cafile)
@@ -746,7 +815,7 @@ class Cancelled(Exception):
     """What a caller's progress callback raises to stop a transfer."""
 
 
-@pytest.mark.parametrize("kind", ["ftp", "http", "http-loop", "sftp", "sftp-loop"])
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop", "http", "http-loop", "sftp", "sftp-loop"])
 def test_a_progress_callback_can_cancel_and_the_part_is_kept(kind: Kind, tmp_path: Path) -> None:
     counted: list[int] = []
 

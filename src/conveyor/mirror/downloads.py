@@ -1,6 +1,6 @@
 """The download step of a run: every pending file, in parallel, into the archive.
 
-Where every source of the run offers an event-loop reader (HTTP, HTTPS and SFTP), one event loop
+Where every source of the run offers an event-loop reader (FTP, HTTP and SFTP), one event loop
 drives all transfers over a shared pool of connections; otherwise each of ``threads``
 worker threads keeps one source (one connection) per remote and reuses it from file to
 file. Either way a :class:`HostGate` per host caps transfers and backs off when the host

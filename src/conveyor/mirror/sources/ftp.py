@@ -16,6 +16,8 @@ from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError, stalled
 from conveyor.mirror.listings import parse_list, parse_mlsd
 from conveyor.mirror.sources.base import READ_CHUNK, Source, register
+from conveyor.mirror.sources.ftp_async import AsyncFtpReader
+from conveyor.mirror.sources.ftp_commands import cwd_steps, refusal, server_name, split_target
 from conveyor.mirror.sources.parts import PartWriter
 from conveyor.mirror.sources.tls import apply_keepalive, tls_context
 from conveyor.mirror.spec import SourceSpec
@@ -32,6 +34,7 @@ class FtpSource(Source):
     """One control connection, opened on first use and opened again after a failure."""
 
     protocols = ("ftp", "ftps", "directftp", "directftps")
+    async_reader = AsyncFtpReader
 
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
@@ -133,14 +136,12 @@ class FtpSource(Source):
 
     def _failure(self, error: BaseException) -> SourceError:
         """A SourceError for ``error``; the connection is dropped unless the reply was a 5xx."""
-        where = f"{self.spec.protocol}://{self.spec.server.rsplit('@', 1)[-1]}"
+        where = server_name(self.spec)
         if isinstance(error, ftplib.error_perm):
-            text = str(error).strip()
-            return SourceError(text if text[:3].isdigit() else f"{where}: {text}", permanent=True)
+            return refusal(where, str(error))
         self.close()
         if isinstance(error, ftplib.error_temp):
-            text = str(error).strip()
-            return SourceError(f"{where}: {text}", throttled=text.startswith("421"))
+            return refusal(where, str(error))
         if isinstance(error, TimeoutError | socket.timeout):
             return stalled(where, self.spec.stall_timeout)
         if isinstance(error, ssl.SSLCertVerificationError):
@@ -152,22 +153,16 @@ class FtpSource(Source):
     def _chdir(self, folder: str) -> None:
         if self._cwd == folder:
             return
-        if self.spec.options.ftp_method in ("default", "multicwd"):
-            self._call(lambda ftp: ftp.cwd("/"))
-            for part in folder.strip("/").split("/"):
-                if part:
-                    self._call(lambda ftp, part=part: ftp.cwd(part))  # type: ignore[misc]
-        else:
-            self._call(lambda ftp: ftp.cwd(folder))
+        self._cwd = None  # a refused step leaves the server somewhere on the way
+        for step in cwd_steps(self.spec.options.ftp_method, folder):
+            self._call(lambda ftp, step=step: ftp.cwd(step))  # type: ignore[misc]
         self._cwd = folder
 
     def _target(self, path: str) -> str:
         """What to name in a command for ``path``: the full path, or a name after CWD."""
-        full = self.remote_path(path)
-        if self.spec.options.ftp_method == "nocwd":
-            return full
-        folder, name = posixpath.split(full)
-        self._chdir(folder)
+        folder, name = split_target(self.spec.options.ftp_method, self.remote_path(path))
+        if folder is not None:
+            self._chdir(folder)
         return name
 
     def _lines(self, command: str, path: str) -> Iterator[str]:
