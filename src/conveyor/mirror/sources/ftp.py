@@ -19,6 +19,7 @@ from conveyor.mirror.sources.base import READ_CHUNK, Source, register
 from conveyor.mirror.sources.ftp_async import AsyncFtpReader
 from conveyor.mirror.sources.ftp_commands import cwd_steps, refusal, server_name, split_target
 from conveyor.mirror.sources.parts import PartWriter
+from conveyor.mirror.sources.receiving import BatchedReceiver
 from conveyor.mirror.sources.tls import apply_keepalive, tls_context
 from conveyor.mirror.spec import SourceSpec
 
@@ -67,8 +68,9 @@ class FtpSource(Source):
     def read_into(self, path: str, part: Path, offset: int) -> Iterator[memoryview]:
         """:meth:`read`, received straight into the part file's buffer."""
         conn = self._retrieve(path, offset)
+        receiver = BatchedReceiver(conn)
         with PartWriter(part, offset) as out:
-            yield from self._drain(conn, path, lambda: out.receive(conn.recv_into))
+            yield from self._drain(conn, path, lambda: out.receive(receiver.recv_into))
 
     def stat(self, path: str) -> RemoteEntry:
         """SIZE and MDTM."""
