@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ftplib
-import math
 import socket
 import ssl
 from collections.abc import AsyncGenerator, Awaitable
@@ -24,6 +23,7 @@ from conveyor.mirror.errors import SourceError, connection_cut, stalled
 from conveyor.mirror.sources.base import READ_CHUNK, AsyncReader
 from conveyor.mirror.sources.ftp_commands import cwd_steps, refusal, server_name, split_target
 from conveyor.mirror.sources.tls import apply_keepalive, tls_context
+from conveyor.mirror.sources.watchdog import Watchdog
 from conveyor.mirror.spec import SourceSpec
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ class AsyncFtpReader(AsyncReader):
         self._idle: list[_Control] = []
         self._open: set[_Control] = set()
         self._slots = asyncio.Semaphore(connections)
-        self._watchdog: asyncio.Task[None] | None = None
+        self._watchdog = Watchdog(spec.stall_timeout)
         # FTPS: made before the first connection and kept, as the threaded source keeps
         # its own (checks turned off are logged once per reader, not once per connection).
         self._context: ssl.SSLContext | None = None
@@ -54,14 +54,13 @@ class AsyncFtpReader(AsyncReader):
         login that failed, it is closed.
         """
         full = self.remote_path(path)
-        if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         async with self._slots:
             control = self._idle.pop() if self._idle else None
             reusable = False
             try:
                 if control is None:
-                    control = await _Control.connect(self.spec, self._tls_context())
+                    context = self._tls_context()
+                    control = await _Control.connect(self.spec, context, self._watchdog)
                     self._open.add(control)
                     await control.login()
                 async for chunk in control.retrieve(full, offset):
@@ -76,13 +75,12 @@ class AsyncFtpReader(AsyncReader):
                         self._idle.append(control)
                     else:
                         self._open.discard(control)
+                        self._watchdog.release(control.guard)
                         control.close()
 
     async def close(self) -> None:
         """Close every connection (``QUIT`` is not waited for)."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog.stop()
         controls, self._open, self._idle = list(self._open), set(), []
         for control in controls:
             control.close()
@@ -96,20 +94,6 @@ class AsyncFtpReader(AsyncReader):
             self._context = tls_context(self.spec)
         return self._context
 
-    async def _watch(self) -> None:
-        """Abort the connections of every transfer that made no progress in time.
-
-        One check a fraction of ``stall_timeout`` apart for all connections, rather than a
-        timer started and stopped around every read: those timers took a quarter of the
-        loop's time on small files.
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(1.0, self.spec.stall_timeout / 4))
-            now = loop.time()
-            for control in self._open:
-                control.abort_if_stalled(now)
-
 
 class _Control:
     """One logged-in control connection and the folder it is in."""
@@ -120,6 +104,7 @@ class _Control:
         context: ssl.SSLContext | None,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        watchdog: Watchdog,
     ) -> None:
         self.spec = spec
         self.where = server_name(spec)
@@ -128,19 +113,18 @@ class _Control:
         self.writer = writer
         self.cwd: str | None = None
         self.logged_in = False
-        self._loop = asyncio.get_running_loop()
-        # When the operation under way must have made progress (loop time), and whether
-        # the watchdog found it had not.
-        self._deadline = math.inf
-        self._stalled = False
+        self.guard = watchdog.guard(self._abort)
         self._data: asyncio.StreamWriter | None = None
 
     @classmethod
-    async def connect(cls, spec: SourceSpec, context: ssl.SSLContext | None) -> _Control:
-        """A new control connection (secured with ``context`` at login), not yet logged in."""
+    async def connect(
+        cls, spec: SourceSpec, context: ssl.SSLContext | None, watchdog: Watchdog
+    ) -> _Control:
+        """A new control connection (secured with ``context`` at login), not yet logged in,
+        its operations watched by ``watchdog``."""
         reader, writer = await _connect(spec, spec.host, spec.port(21), limit=MAX_LINE)
         apply_keepalive(writer.get_extra_info("socket"), spec.options.tcp_keepalive)
-        return cls(spec, context, reader, writer)
+        return cls(spec, context, reader, writer, watchdog)
 
     async def login(self) -> None:
         """Secure (FTPS), log in and switch to binary, as the threaded source does."""
@@ -208,31 +192,26 @@ class _Control:
     async def guarded(self, operation: Awaitable[T]) -> T:
         """``operation``, failing as a stall after ``stall_timeout`` without progress and as
         a cut when the connection breaks (the reader's watchdog aborts a stalled one)."""
-        self._deadline = self._loop.time() + self.spec.stall_timeout
         try:
-            result = await operation
+            with self.guard.armed():
+                result = await operation
         except ssl.SSLCertVerificationError as error:
             raise SourceError(f"{self.where}: TLS failed: {error}", permanent=True) from None
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as error:
-            if self._stalled:
+            if self.guard.stalled:
                 raise stalled(self.where, self.spec.stall_timeout) from None
             if isinstance(error, ssl.SSLError):
                 raise SourceError(f"{self.where}: TLS failed: {error}") from None
             raise connection_cut(self.where, error) from None
-        finally:
-            self._deadline = math.inf
-        if self._stalled:  # an aborted data connection reads as an end
+        if self.guard.stalled:  # an aborted data connection reads as an end
             raise stalled(self.where, self.spec.stall_timeout)
         return result
 
-    def abort_if_stalled(self, now: float) -> None:
-        """Abort this connection, and its data connection, if the operation under way has
-        made no progress since its deadline."""
-        if now > self._deadline and not self._stalled:
-            self._stalled = True
-            self.writer.transport.abort()
-            if self._data is not None:
-                self._data.transport.abort()
+    def _abort(self) -> None:
+        """Drop this connection and its data connection at once (a stall)."""
+        self.writer.transport.abort()
+        if self._data is not None:
+            self._data.transport.abort()
 
     def close(self) -> None:
         """Say ``QUIT`` and close, without waiting for either."""

@@ -22,6 +22,7 @@ from conveyor.aioloop import background_loop, run_on_loop
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError, stalled
 from conveyor.mirror.sources.base import AsyncReader, Source, register
+from conveyor.mirror.sources.watchdog import Guard, Watchdog
 from conveyor.mirror.spec import SourceSpec
 
 T = TypeVar("T")
@@ -48,6 +49,7 @@ class AsyncSftpReader(AsyncReader):
         self._open: set[_Session] = set()
         self._closing: list[asyncssh.SSHClientConnection] = []
         self._slots = asyncio.Semaphore(connections)
+        self._watchdog = Watchdog(spec.stall_timeout)
 
     async def read(self, path: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
         """Spans of 256 KiB from ``offset``, each read with many requests in flight.
@@ -59,17 +61,16 @@ class AsyncSftpReader(AsyncReader):
         full = self.remote_path(path)
         async with self._slots:
             session = await self._session(full)
+            guard = session.guard
             handle: asyncssh.SFTPClientFile | None = None
             reusable = False
             try:
-                handle = await _guarded(self.spec, session.sftp.open(full, "rb"), full)
+                handle = await _guarded(self.spec, session.sftp.open(full, "rb"), full, guard)
                 position = offset
-                while span := await _guarded(
-                    self.spec, _read_span(handle, position, self.spec), full
-                ):
+                while span := await _guarded(self.spec, _read_span(handle, position), full, guard):
                     position += len(span)
                     yield span
-                await _guarded(self.spec, handle.close(), full)
+                await _guarded(self.spec, handle.close(), full, guard)
                 reusable = True
             except _Failure as failure:
                 reusable = failure.keep_connection and handle is None
@@ -82,6 +83,7 @@ class AsyncSftpReader(AsyncReader):
 
     async def close(self) -> None:
         """Close every connection and wait until they are closed."""
+        self._watchdog.stop()
         for session in list(self._open):
             self._drop(session)
         closing, self._closing = self._closing, []
@@ -92,7 +94,7 @@ class AsyncSftpReader(AsyncReader):
         if self._idle:
             return self._idle.pop()
         try:
-            session = _Session(*await _guarded(self.spec, _connect(self.spec), path))
+            session = await _guarded(self.spec, _connected(self.spec, self._watchdog), path)
         except _Failure as failure:
             raise failure.error from None
         self._open.add(session)
@@ -101,6 +103,7 @@ class AsyncSftpReader(AsyncReader):
     def _drop(self, session: _Session) -> None:
         """Close a connection without waiting (a read may be ending on a cancellation)."""
         self._open.discard(session)
+        self._watchdog.release(session.guard)
         session.connection.close()
         self._closing.append(session.connection)
 
@@ -114,8 +117,9 @@ class SftpSource(Source):
 
     def __init__(self, spec: SourceSpec) -> None:
         super().__init__(spec)
-        self._connection: asyncssh.SSHClientConnection | None = None
-        self._sftp: asyncssh.SFTPClient | None = None
+        self._session: _Session | None = None
+        # On the shared loop, as the connection: watches every operation of this source.
+        self._watchdog = Watchdog(spec.stall_timeout)
 
     def list(self, folder: str = "") -> Iterator[RemoteEntry]:
         """``scandir``, a batch of names at a time: never the whole folder at once."""
@@ -146,11 +150,11 @@ class SftpSource(Source):
         handle = self._call(opened(), full)
         position = offset
         try:
-            while span := self._call(_read_span(handle, position, self.spec), full):
+            while span := self._call(_read_span(handle, position), full):
                 position += len(span)
                 yield span
         finally:
-            if self._sftp is not None:
+            if self._session is not None:
                 try:
                     self._call(handle.close(), full)
                 except SourceError:
@@ -164,19 +168,22 @@ class SftpSource(Source):
 
     def close(self) -> None:
         """Close the SFTP session and the SSH connection."""
-        connection, self._connection, self._sftp = self._connection, None, None
-        if connection is not None:
-            connection.close()
-            asyncio.run_coroutine_threadsafe(connection.wait_closed(), background_loop())
+        session, self._session = self._session, None
+        if session is not None:
+            loop = background_loop()
+            loop.call_soon_threadsafe(self._watchdog.stop)
+            session.connection.close()
+            asyncio.run_coroutine_threadsafe(session.connection.wait_closed(), loop)
 
     def _client(self) -> asyncssh.SFTPClient:
-        if self._sftp is None:
-            self._connection, self._sftp = self._call(_connect(self.spec), "/")
-        return self._sftp
+        if self._session is None:
+            self._session = self._call(_connected(self.spec, self._watchdog), "/")
+        return self._session.sftp
 
     def _call(self, operation: Coroutine[Any, Any, T], path: str) -> T:
+        guard = self._session.guard if self._session is not None else None
         try:
-            return run_on_loop(_guarded(self.spec, operation, path))
+            return run_on_loop(_guarded(self.spec, operation, path, guard))
         except _Failure as failure:
             if not failure.keep_connection:
                 self.close()
@@ -186,6 +193,7 @@ class SftpSource(Source):
 class _Session(NamedTuple):
     connection: asyncssh.SSHClientConnection
     sftp: asyncssh.SFTPClient
+    guard: Guard  # aborts the connection when an operation on it stalls
 
 
 class _Failure(Exception):
@@ -197,21 +205,35 @@ class _Failure(Exception):
         self.keep_connection = keep_connection
 
 
-async def _guarded(spec: SourceSpec, operation: Awaitable[T], path: str) -> T:
-    """Await ``operation``; asyncssh's and the network's errors become a :class:`_Failure`."""
+async def _guarded(
+    spec: SourceSpec, operation: Awaitable[T], path: str, guard: Guard | None = None
+) -> T:
+    """Await ``operation`` (within the stall timeout, with a connection's ``guard``);
+    asyncssh's and the network's errors become a :class:`_Failure`."""
     try:
-        return await operation
+        if guard is None:
+            return await operation
+        with guard.armed():
+            result = await operation
     except SourceError as error:
         raise _Failure(error, keep_connection=error.permanent) from None
     except (asyncssh.Error, OSError, TimeoutError) as error:
-        raise _failure(spec, error, path) from None
+        stall = guard is not None and guard.stalled
+        raise _failure(spec, TimeoutError() if stall else error, path) from None
+    if guard.stalled:  # the connection was aborted as the operation ended
+        raise _failure(spec, TimeoutError(), path)
+    return result
 
 
-async def _read_span(handle: asyncssh.SFTPClientFile, position: int, spec: SourceSpec) -> bytes:
-    """The next span from ``position`` (empty at the end); no byte for the stall timeout is
-    a :class:`TimeoutError`."""
-    span = await asyncio.wait_for(handle.read(READ_SPAN, position), spec.stall_timeout)
-    return cast(bytes, span)  # opened "rb": bytes
+async def _read_span(handle: asyncssh.SFTPClientFile, position: int) -> bytes:
+    """The next span from ``position`` (empty at the end)."""
+    return cast(bytes, await handle.read(READ_SPAN, position))  # opened "rb": bytes
+
+
+async def _connected(spec: SourceSpec, watchdog: Watchdog) -> _Session:
+    """A new session, its operations watched by ``watchdog``."""
+    connection, sftp = await _connect(spec)
+    return _Session(connection, sftp, watchdog.guard(connection.abort))
 
 
 async def _connect(spec: SourceSpec) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
