@@ -1,12 +1,12 @@
 """FTP and explicit FTPS files read from an event loop: the transfers of a run share a pool
 of logged-in control connections, each carrying one transfer at a time.
 
-Written here, on asyncio streams, rather than taken from a library: aioftp's client took
-longer per small file than four ftplib threads do (1,000 files of 100 KiB from the
-loopback server: 1.8-2.2 s against 1.4-1.7 s), where a stream client saying no more than
-ftplib says took 0.9-1.1 s (bench/README.md, Mirror). It sends what the threaded source
-sends (``CWD`` as ``ftp_method`` says, ``PASV``, ``REST``, ``RETR``) and judges replies as
-it does (:mod:`conveyor.mirror.sources.ftp`).
+Written here, on asyncio streams, rather than taken from a library: aioftp's client spent
+more CPU per small file than four ftplib threads do (1,000 files of 100 KiB from the
+loopback server, each fetched and written: 1.3-1.9 s against 1.0-1.2 s), where a stream
+client saying no more than ftplib says spent 0.7-1.1 s (bench/README.md, Mirror). It sends
+what the threaded source sends (``CWD`` as ``ftp_method`` says, ``PASV``, ``REST``,
+``RETR``) and judges replies as it does (:mod:`conveyor.mirror.sources.ftp`).
 """
 
 from __future__ import annotations
