@@ -496,6 +496,17 @@ def test_a_missing_file_is_not_retried(kind: Kind, tmp_path: Path) -> None:
     assert expected in str(error)
 
 
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop"])
+def test_a_name_with_a_line_break_is_refused_before_it_reaches_the_server(
+    kind: Kind, tmp_path: Path
+) -> None:
+    with _serve(kind, tmp_path) as served:
+        error = _assert_permanent_at_once(served, served.wanted(f"{NAME}\r\nDELE {NAME}"))
+        requests = list(served.info.faults.requests)
+    assert "line break" in str(error)
+    assert not [entry for entry in requests if entry.startswith(("DELE", "RETR"))]
+
+
 @pytest.mark.parametrize("kind", ["ftp", "ftp-loop", "sftp", "sftp-loop"])
 def test_a_bad_password_is_not_retried(
     kind: Kind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

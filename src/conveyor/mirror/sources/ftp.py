@@ -17,7 +17,14 @@ from conveyor.mirror.errors import SourceError, stalled
 from conveyor.mirror.listings import parse_list, parse_mlsd
 from conveyor.mirror.sources.base import READ_CHUNK, Source, register
 from conveyor.mirror.sources.ftp_async import AsyncFtpReader
-from conveyor.mirror.sources.ftp_commands import cwd_steps, refusal, server_name, split_target
+from conveyor.mirror.sources.ftp_commands import (
+    cwd_steps,
+    refusal,
+    server_name,
+    split_target,
+    tls_failure,
+    without_line_breaks,
+)
 from conveyor.mirror.sources.parts import PartWriter
 from conveyor.mirror.sources.receiving import BatchedReceiver
 from conveyor.mirror.sources.tls import apply_keepalive, tls_context
@@ -120,7 +127,8 @@ class FtpSource(Source):
             if spec.credentials is not None:
                 user = spec.credentials.user
                 password = spec.credentials.secret()
-            ftp.login(user, password)
+            where = server_name(spec)
+            ftp.login(without_line_breaks(where, user), without_line_breaks(where, password))
             if isinstance(ftp, ftplib.FTP_TLS):
                 ftp.prot_p()
             ftp.voidcmd("TYPE I")
@@ -146,10 +154,8 @@ class FtpSource(Source):
             return refusal(where, str(error))
         if isinstance(error, TimeoutError | socket.timeout):
             return stalled(where, self.spec.stall_timeout)
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return SourceError(f"{where}: TLS failed: {error}", permanent=True)
         if isinstance(error, ssl.SSLError):
-            return SourceError(f"{where}: TLS failed: {error}")
+            return tls_failure(where, error)
         return SourceError(f"{where}: {error}")
 
     def _chdir(self, folder: str) -> None:
@@ -162,12 +168,14 @@ class FtpSource(Source):
 
     def _target(self, path: str) -> str:
         """What to name in a command for ``path``: the full path, or a name after CWD."""
-        folder, name = split_target(self.spec.options.ftp_method, self.remote_path(path))
+        full = without_line_breaks(server_name(self.spec), self.remote_path(path))
+        folder, name = split_target(self.spec.options.ftp_method, full)
         if folder is not None:
             self._chdir(folder)
         return name
 
     def _lines(self, command: str, path: str) -> Iterator[str]:
+        without_line_breaks(server_name(self.spec), path)
         if self.spec.options.ftp_method == "nocwd":
             request = f"{command} {path}"
         else:

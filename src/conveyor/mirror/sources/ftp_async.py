@@ -21,7 +21,14 @@ from typing import TypeVar
 
 from conveyor.mirror.errors import SourceError, connection_cut, stalled
 from conveyor.mirror.sources.base import READ_CHUNK, AsyncReader
-from conveyor.mirror.sources.ftp_commands import cwd_steps, refusal, server_name, split_target
+from conveyor.mirror.sources.ftp_commands import (
+    cwd_steps,
+    refusal,
+    server_name,
+    split_target,
+    tls_failure,
+    without_line_breaks,
+)
 from conveyor.mirror.sources.tls import apply_keepalive, tls_context
 from conveyor.mirror.sources.watchdog import Watchdog
 from conveyor.mirror.spec import SourceSpec
@@ -115,6 +122,9 @@ class _Control:
         self.logged_in = False
         self.guard = watchdog.guard(self._abort)
         self._data: asyncio.StreamWriter | None = None
+        # Where data connections go: the control connection's own host, and how to ask.
+        self._peer = writer.get_extra_info("peername")
+        self._ipv4 = writer.get_extra_info("socket").family == socket.AF_INET
 
     @classmethod
     async def connect(
@@ -167,9 +177,7 @@ class _Control:
 
     async def command(self, line: str, *, preliminary: bool = False) -> str:
         """Send ``line``; its reply, which must be 2xx or 3xx (1xx with ``preliminary``)."""
-        if "\r" in line or "\n" in line:
-            where = self.where
-            raise SourceError(f"{where}: a name with a line break cannot be sent", permanent=True)
+        line = without_line_breaks(self.where, line)
         self.writer.write(f"{line}\r\n".encode(ENCODING))
         return await self.reply(preliminary=preliminary)
 
@@ -193,15 +201,13 @@ class _Control:
         """``operation``, failing as a stall after ``stall_timeout`` without progress and as
         a cut when the connection breaks (the reader's watchdog aborts a stalled one)."""
         try:
-            with self.guard.armed():
+            with self.guard:
                 result = await operation
-        except ssl.SSLCertVerificationError as error:
-            raise SourceError(f"{self.where}: TLS failed: {error}", permanent=True) from None
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as error:
             if self.guard.stalled:
                 raise stalled(self.where, self.spec.stall_timeout) from None
             if isinstance(error, ssl.SSLError):
-                raise SourceError(f"{self.where}: TLS failed: {error}") from None
+                raise tls_failure(self.where, error) from None
             raise connection_cut(self.where, error) from None
         if self.guard.stalled:  # an aborted data connection reads as an end
             raise stalled(self.where, self.spec.stall_timeout)
@@ -234,8 +240,7 @@ class _Control:
     async def _passive(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A data connection, by ``PASV`` to the control connection's own host (as ftplib
         does, ignoring the address in the reply) or ``EPSV`` over IPv6."""
-        peer = self.writer.get_extra_info("peername")
-        ipv4 = self.writer.get_extra_info("socket").family == socket.AF_INET
+        peer, ipv4 = self._peer, self._ipv4
         reply = await self.command("PASV" if ipv4 else "EPSV")
         try:
             _, port = ftplib.parse227(reply) if ipv4 else ftplib.parse229(reply, peer)  # noqa: S321
@@ -259,8 +264,8 @@ async def _connect(
             )
     except TimeoutError:
         raise SourceError(f"{where}: no connection within {spec.connect_timeout:g} s") from None
-    except ssl.SSLCertVerificationError as error:
-        raise SourceError(f"{where}: TLS failed: {error}", permanent=True) from None
-    except (OSError, ssl.SSLError) as error:
+    except ssl.SSLError as error:
+        raise tls_failure(where, error) from None
+    except OSError as error:
         raise SourceError(f"{where}: {error}") from None
     return reader, writer

@@ -4,6 +4,7 @@ judge an error reply and reach a file's folder."""
 from __future__ import annotations
 
 import posixpath
+import ssl
 
 from conveyor.mirror.errors import SourceError
 from conveyor.mirror.spec import SourceSpec
@@ -36,3 +37,17 @@ def cwd_steps(method: str, folder: str) -> list[str]:
     if method in ("default", "multicwd"):
         return ["/", *(part for part in folder.strip("/").split("/") if part)]
     return [folder]
+
+
+def without_line_breaks(where: str, text: str) -> str:
+    """``text`` for a command line; a line break in it (which would end the command and
+    start another) is refused for good."""
+    if "\r" in text or "\n" in text:
+        raise SourceError(f"{where}: an FTP command cannot hold a line break", permanent=True)
+    return text
+
+
+def tls_failure(where: str, error: ssl.SSLError) -> SourceError:
+    """A failed TLS handshake or record: an untrusted certificate is permanent."""
+    permanent = isinstance(error, ssl.SSLCertVerificationError)
+    return SourceError(f"{where}: TLS failed: {error}", permanent=permanent)

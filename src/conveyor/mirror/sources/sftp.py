@@ -213,7 +213,7 @@ async def _guarded(
     try:
         if guard is None:
             return await operation
-        with guard.armed():
+        with guard:
             result = await operation
     except SourceError as error:
         raise _Failure(error, keep_connection=error.permanent) from None

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 # How often the watchdog looks, as a fraction of the stall timeout (and at most a second).
 CHECKS_PER_TIMEOUT = 4
@@ -67,14 +66,13 @@ class Guard:
         self.stalled = False
         """Whether the connection was aborted for a stall (it is of no further use)."""
 
-    @contextmanager
-    def armed(self) -> Iterator[None]:
-        """Around one operation: it must make progress within the stall timeout."""
+    def __enter__(self) -> None:
+        """Around one operation (``with guard:``): it must make progress within the stall
+        timeout. A class, not a generator: it is entered several times a file."""
         self._deadline = self._loop.time() + self._seconds
-        try:
-            yield
-        finally:
-            self._deadline = math.inf
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._deadline = math.inf
 
     def check(self, now: float) -> None:
         """Abort the connection if the operation under way is past its deadline."""
