@@ -22,22 +22,30 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import Table, and_, bindparam, event, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import Delivery, OutboxEvent, Subscription
+from conveyor.db.notices import listening
 from conveyor.db.types import iso_z, utcnow
 from conveyor.db.upsert import insert_many_missing
 from conveyor.errors import BadRequest
 from conveyor.events.filters import EventFilter
 from conveyor.events.internal import INTERNAL_TARGETS
 from conveyor.events.matching import MatcherSet, matchers
-from conveyor.events.outbox import EVENT_COLUMNS, Event, EventRecord, record_event
+from conveyor.events.outbox import (
+    EVENT_COLUMNS,
+    EVENTS_RECORDED,
+    Event,
+    EventRecord,
+    record_event,
+)
 from conveyor.events.shapes import document, encode
 from conveyor.events.sinks import EventSink, Outcome, Outgoing, open_sink
 from conveyor.events.subscriptions import opened_secrets
@@ -63,16 +71,6 @@ POLICY_CHECK_SECONDS = 30.0
 POLL_SECONDS = 1.0
 # Sender loops per dispatcher (each claims, sends and records its own batches).
 SENDERS = 2
-
-_commit_listeners: list[threading.Event] = []
-
-
-@event.listens_for(Session, "after_commit")
-def _wake_after_commit(session: Session) -> None:
-    """Wake this process's dispatchers when a commit recorded events."""
-    if session.info.pop("events_recorded", False):
-        for listener in list(_commit_listeners):
-            listener.set()
 
 
 class HeldDelivery(NamedTuple):
@@ -149,6 +147,7 @@ class Dispatcher:
         self._sends_due = threading.Event()
         self._claiming = threading.Lock()
         self._stop = threading.Event()
+        self._listening = ExitStack()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -157,7 +156,7 @@ class Dispatcher:
         Two sender loops keep sends in flight while the other records a batch or claims the
         next one, so targets are never idle waiting for the database.
         """
-        _commit_listeners.extend((self._wake, self._sends_due))
+        self._listening.enter_context(listening(EVENTS_RECORDED, self._wake, self._sends_due))
         loops = [(self.fan_out, self._wake), *[(self.deliver_due, self._sends_due)] * SENDERS]
         for number, (work, wake) in enumerate(loops):
             thread = threading.Thread(
@@ -171,9 +170,7 @@ class Dispatcher:
         self._stop.set()
         self._wake.set()
         self._sends_due.set()
-        for listener in (self._wake, self._sends_due):
-            if listener in _commit_listeners:
-                _commit_listeners.remove(listener)
+        self._listening.close()
         for thread in self._threads:
             thread.join()
         self._pool.shutdown(wait=True)

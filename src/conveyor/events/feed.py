@@ -16,11 +16,13 @@ from sqlalchemy.orm import Session
 from conveyor.auth.principal import Principal
 from conveyor.config import Settings
 from conveyor.db.models import Delivery, OutboxEvent, Subscription
+from conveyor.db.notices import note
 from conveyor.db.types import iso_z, utcnow
 from conveyor.db.upsert import insert_missing
 from conveyor.errors import BadRequest, NotFound
 from conveyor.events.dispatch import PENDING
 from conveyor.events.matching import FilterCache, matchers
+from conveyor.events.outbox import EVENTS_RECORDED
 from conveyor.events.shapes import cloudevent
 from conveyor.events.visibility import Readers, readable_events
 
@@ -207,4 +209,4 @@ def _reset(session: Session, ids: list[int], now: datetime) -> None:
         .execution_options(synchronize_session=False)
     )
     # Wake this process's dispatchers when the reset commits.
-    session.info["events_recorded"] = True
+    note(session, EVENTS_RECORDED)

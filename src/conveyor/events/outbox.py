@@ -10,7 +10,11 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from conveyor.db.models import OutboxEvent
+from conveyor.db.notices import note
 from conveyor.db.types import utcnow
+
+# The commit notice of a transaction that recorded events (conveyor.db.notices).
+EVENTS_RECORDED = "events"
 
 
 class EventRecord(Protocol):
@@ -81,5 +85,5 @@ def record_event(session: Session, event: Event) -> OutboxEvent:
     )
     session.add(row)
     # Dispatchers in this process are woken when the transaction commits.
-    session.info["events_recorded"] = True
+    note(session, EVENTS_RECORDED)
     return row

@@ -31,6 +31,7 @@ from conveyor.db.models import (
     Transaction,
     TransactionKeyValue,
 )
+from conveyor.db.notices import note
 from conveyor.db.types import utcnow
 from conveyor.events.outbox import Event, record_event
 from conveyor.ingest.events import stored_transaction_event
@@ -488,6 +489,7 @@ class MirrorRunner:
             .where(MirrorRun.id == self.run_id)
             .values(state=state, finished_at=utcnow(), **values)
         )
+        note(session, states.ended_topic(self.run_id))
 
 
 def _finish_failed(
@@ -508,6 +510,7 @@ def _finish_failed(
             .where(MirrorRun.id == run_id)
             .values(state=state, error=message, finished_at=utcnow())
         )
+        note(session, states.ended_topic(run_id))
         record_event(
             session,
             Event(

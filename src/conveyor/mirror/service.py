@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.auth.principal import Principal
 from conveyor.db.models import Mirror, MirrorRun, MirrorRunFile
+from conveyor.db.notices import listening
 from conveyor.db.types import iso_z, utcnow
 from conveyor.errors import Conflict, NotFound
 from conveyor.jobs.service import create_job
@@ -20,6 +23,10 @@ from conveyor.runtime import Runtime
 
 KIND_MIRROR_RUN = "mirror run"
 MAX_FILES_PAGE = 1000
+# The longest a request may wait for a run to end, and how often a wait looks at the
+# database for an end committed by another process.
+MAX_WAIT_SECONDS = 60.0
+ENDED_RECHECK_SECONDS = 1.0
 
 
 def stored_form(runtime: Runtime, definition: MirrorDefinition) -> dict[str, Any]:
@@ -141,6 +148,46 @@ def get_run(runtime: Runtime, principal: Principal, run_id: int) -> dict[str, An
     with runtime.db.session() as session:
         run, name = _visible_run(session, principal, run_id)
         return run_view(run, name)
+
+
+async def wait_for_run(
+    runtime: Runtime, principal: Principal, run_id: int, seconds: float
+) -> dict[str, Any]:
+    """The run as soon as it has ended, or as it is after ``seconds``.
+
+    A run ended in this process wakes the wait at its commit; one ended by another process
+    (a Celery worker) is seen at the next look, ``ENDED_RECHECK_SECONDS`` apart.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    woken = _LoopWakeup(loop)
+    # Listening before the first look: an end committed in between is not missed.
+    with listening(states.ended_topic(run_id), woken):
+        while True:
+            view = await asyncio.to_thread(get_run, runtime, principal, run_id)
+            left = deadline - loop.time()
+            if view["state"] in states.FINISHED or left <= 0:
+                return view
+            await woken.wait(min(left, ENDED_RECHECK_SECONDS))
+
+
+class _LoopWakeup:
+    """An :class:`asyncio.Event` that any thread may set (the commit's)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        # A wait that has just returned may have closed its loop: nothing is left to wake.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._event.wait()
+        self._event.clear()
 
 
 def list_runs(

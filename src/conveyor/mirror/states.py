@@ -18,3 +18,8 @@ FILE_PENDING = "pending"
 FILE_DONE = "done"
 FILE_REUSED = "reused"
 FILE_FAILED = "failed"
+
+
+def ended_topic(run_id: int) -> str:
+    """The commit notice (:mod:`conveyor.db.notices`) of the transaction that ends a run."""
+    return f"mirror-run/{run_id}"

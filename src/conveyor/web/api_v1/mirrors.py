@@ -114,9 +114,21 @@ def list_runs(
 
 
 @router.get("/mirror-runs/{run_id}", summary="A run and its progress")
-def get_run(run_id: int, runtime: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Files and bytes done, rate, time left, outcome."""
-    return service.get_run(runtime, principal, run_id)
+async def get_run(
+    run_id: int,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=service.MAX_WAIT_SECONDS,
+            description="Answer as soon as the run has ended, or after this many seconds.",
+        ),
+    ] = 0,
+) -> dict[str, Any]:
+    """Files and bytes done, rate, time left, outcome; with ``wait``, once the run ends."""
+    return await service.wait_for_run(runtime, principal, run_id, wait)
 
 
 @router.post("/mirror-runs/{run_id}/cancel", summary="Cancel a run")

@@ -1,0 +1,149 @@
+"""Waiting for a mirror run through the API: ``GET /api/v1/mirror-runs/{id}?wait=SECONDS``
+answers as the run ends (woken by the commit that ends it) or after the seconds, as it is."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from conveyor.db.models import MirrorRun
+from conveyor.jobs.executors import JOBS_LANE, Executor
+from conveyor.mirror import service
+from conveyor.mirror.runs import _finish_failed
+from conveyor.runtime import Runtime
+from conveyor.web.app import create_app
+
+
+class _NoWorker(Executor):
+    """Jobs queued and never taken, as with a broker whose workers are all busy."""
+
+    def submit(self, job_id: int, lane: str = JOBS_LANE) -> None:
+        """Leave the job queued."""
+
+
+@pytest.fixture
+def idle(make_runtime: Callable[..., Runtime]) -> Runtime:
+    """A runtime that runs no job: a run stays queued until a test ends it."""
+    runtime = make_runtime(inline=False)
+    runtime.executor.shutdown()
+    runtime.executor = _NoWorker(runtime)
+    return runtime
+
+
+@pytest.fixture
+def api(idle: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime=idle)) as client:
+        yield client
+
+
+def _queued_run(api: TestClient, root: Path) -> dict[str, Any]:
+    root.mkdir(exist_ok=True)
+    (root / "a.txt").write_text("alpha\n")
+    definition = {"name": "bank", "source": {"protocol": "local", "remote_dir": str(root)}}
+    assert api.post("/api/v1/mirrors", json=definition).status_code == 201
+    run: dict[str, Any] = api.post("/api/v1/mirrors/bank/runs").json()
+    assert run["state"] == "queued", run
+    return run
+
+
+def _later(seconds: float, action: Callable[[], None]) -> threading.Timer:
+    timer = threading.Timer(seconds, action)
+    timer.start()
+    return timer
+
+
+def test_a_wait_answers_after_its_seconds_with_the_run_as_it_is(
+    api: TestClient, tmp_path: Path
+) -> None:
+    run = _queued_run(api, tmp_path / "remote")
+    answer = api.get(f"/api/v1/mirror-runs/{run['id']}", params={"wait": 0.3})
+    assert answer.status_code == 200
+    assert answer.json()["state"] == "queued"
+    assert answer.json()["files_done"] == 0
+
+
+def test_a_run_ended_in_this_process_wakes_the_wait_at_its_commit(
+    api: TestClient, idle: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the database looked at only once an hour, only the commit's wake-up can make
+    the wait answer before its 30 seconds are up (not a speed limit: 0.3 s against 30)."""
+    monkeypatch.setattr(service, "ENDED_RECHECK_SECONDS", 3600.0)
+    run = _queued_run(api, tmp_path / "remote")
+    timer = _later(0.3, lambda: _finish_failed(idle, run["id"], "stopped here", [], "failed"))
+    started = time.monotonic()
+    try:
+        answer = api.get(f"/api/v1/mirror-runs/{run['id']}", params={"wait": 30})
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 25, "the wait ran out instead of being woken"
+    assert answer.status_code == 200
+    ended = answer.json()
+    assert ended["state"] == "failed", ended
+    assert ended["error"] == "stopped here"
+
+
+def test_a_run_ended_by_another_process_is_seen_at_the_next_look(
+    api: TestClient, idle: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit made elsewhere (a Celery worker) wakes nothing here: the wait's own looks
+    at the database find the end."""
+    monkeypatch.setattr(service, "ENDED_RECHECK_SECONDS", 0.05)
+    run = _queued_run(api, tmp_path / "remote")
+
+    def end_elsewhere() -> None:
+        # The same change a worker process commits, without this process's notice.
+        with idle.db.sessions() as session, session.begin():
+            session.execute(
+                update(MirrorRun).where(MirrorRun.id == run["id"]).values(state="cancelled")
+            )
+
+    timer = _later(0.3, end_elsewhere)
+    started = time.monotonic()
+    try:
+        answer = api.get(f"/api/v1/mirror-runs/{run['id']}", params={"wait": 30})
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 25, "the wait ran out without looking again"
+    assert answer.json()["state"] == "cancelled"
+
+
+def test_a_run_waited_for_is_published_by_the_running_executor(
+    make_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    runtime = make_runtime(inline=False)
+    runtime.executor.start()
+    root = tmp_path / "remote"
+    root.mkdir()
+    for index in range(20):
+        (root / f"f{index:02d}.txt").write_text(f"file {index}\n")
+    with TestClient(create_app(runtime=runtime)) as client:
+        definition = {"name": "bank", "source": {"protocol": "local", "remote_dir": str(root)}}
+        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        run = client.post("/api/v1/mirrors/bank/runs").json()
+        ended = client.get(f"/api/v1/mirror-runs/{run['id']}", params={"wait": 60}).json()
+    assert ended["state"] == "published", ended
+    assert ended["files_done"] == 20
+    assert ended["transaction_id"] is not None
+
+
+@pytest.mark.parametrize("wait", ["-1", "61", "soon", "nan"])
+def test_a_wait_out_of_range_is_refused_with_the_reason(
+    api: TestClient, tmp_path: Path, wait: str
+) -> None:
+    run = _queued_run(api, tmp_path / "remote")
+    answer = api.get(f"/api/v1/mirror-runs/{run['id']}", params={"wait": wait})
+    assert answer.status_code == 422
+    assert "wait" in answer.text
+
+
+def test_waiting_for_an_unknown_run_is_not_found_at_once(api: TestClient) -> None:
+    answer = api.get("/api/v1/mirror-runs/999", params={"wait": 30})
+    assert answer.status_code == 404
+    assert "no mirror run 999" in answer.text
