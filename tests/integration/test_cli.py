@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -256,3 +259,138 @@ def test_consumer_check_builds_a_package_or_names_what_is_wrong(tmp_path: Path) 
     assert refused.returncode == 1
     assert "'..'" in refused.stderr
     assert not (tmp_path.parent / "outside.py").exists()
+
+
+# A BioMAJ bank on the local disk: two gzip files and a text file in a subfolder are
+# selected, other.gz is not. Two quick attempts, so a failing run ends at once.
+MIRROR_BANK = """[GENERAL]
+db.name={name}
+protocol=local
+server=
+remote.dir={root}/
+remote.files=^alu.*\\.gz$ ^sub/(.*\\.txt)$
+local.files=**/*
+release.file=
+release.regexp=
+options.names=stop_condition,wait_policy
+options.stop_condition=stop_after_attempt(2)
+options.wait_policy=wait_none
+"""
+MIRROR_FILES = {
+    "alu.n.gz": gzip.compress(b">alu\nACGT\n" * 100, mtime=0),
+    "alu.a.gz": gzip.compress(b">alu\nMKV\n" * 100, mtime=0),
+    "sub/notes.txt": b"hello\n",
+}
+
+
+def _mirror_bank(tmp_path: Path, name: str, root: Path) -> Path:
+    """The remote folder ``root`` (MIRROR_FILES plus one file not selected) and its bank."""
+    for relative, data in {**MIRROR_FILES, "other.gz": gzip.compress(b"x")}.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for path in root.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    bank = tmp_path / f"{name}.properties"
+    bank.write_text(MIRROR_BANK.format(name=name, root=root))
+    return bank
+
+
+def _run_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The run a ``conveyor mirror run`` printed on stdout."""
+    try:
+        return dict(json.loads(result.stdout))
+    except json.JSONDecodeError:
+        pytest.fail(f"not JSON: {result.stdout!r}; stderr {result.stderr!r}")
+
+
+def test_mirror_add_and_run_publish_a_release_then_are_up_to_date(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    bank = _mirror_bank(tmp_path, "alu", tmp_path / "remote")
+    with running_server(data) as url:
+        added = run(data, "mirror", "add", str(bank), "--url", url)
+        assert added.returncode == 0, added.stderr
+        mirror = json.loads(added.stdout)
+        assert mirror["name"] == "alu"
+        assert mirror["origin"] == "biomaj"
+
+        first = run(data, "mirror", "run", "alu", "--url", url)
+        assert first.returncode == 0, (first.stdout, first.stderr)
+        finished = _run_json(first)
+        assert finished["state"] == "published", finished
+        assert finished["files_done"] == len(MIRROR_FILES)
+        assert finished["transaction_id"] is not None
+        answer = httpx.get(f"{url}/api/v1/transactions/{finished['transaction_id']}", timeout=10)
+        assert answer.status_code == 200, answer.text
+        files = {
+            f"{f['subdir']}/{f['name']}" if f["subdir"] else f["name"]: f
+            for f in answer.json()["files"]
+        }
+        # The capture group saves sub/notes.txt as notes.txt.
+        assert sorted(files) == ["alu.a.gz", "alu.n.gz", "notes.txt"]
+        for relative, expected in MIRROR_FILES.items():
+            got = httpx.get(
+                f"{url}/api/v1/files/{files[Path(relative).name]['id']}/content", timeout=10
+            )
+            assert got.status_code == 200, got.text
+            assert got.content == expected, relative
+
+        second = run(data, "mirror", "run", "alu", "--url", url)
+        assert second.returncode == 0, (second.stdout, second.stderr)
+        again = _run_json(second)
+        assert again["state"] == "up_to_date", again
+        assert again["id"] != finished["id"]
+        assert again["release"] == finished["release"]
+
+
+def test_mirror_run_that_finds_nothing_exits_1_with_the_reason(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    missing = tmp_path / "no-such-folder"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "unrelated.txt").write_text("not selected\n")
+    with running_server(data) as url:
+        for name, root, reason in (
+            ("gone", missing, f"folder {missing} does not exist"),
+            ("empty", empty, "no file found matching"),
+        ):
+            bank = tmp_path / f"{name}.properties"
+            bank.write_text(MIRROR_BANK.format(name=name, root=root))
+            added = run(data, "mirror", "add", str(bank), "--url", url)
+            assert added.returncode == 0, added.stderr
+            failed = run(data, "mirror", "run", name, "--url", url)
+            assert failed.returncode == 1, (failed.stdout, failed.stderr)
+            finished = _run_json(failed)
+            assert finished["state"] == "failed", finished
+            assert finished["transaction_id"] is None
+            assert reason in finished["error"], finished
+            assert reason in failed.stdout
+            assert "Traceback" not in failed.stderr
+
+
+def test_mirror_run_no_wait_prints_the_started_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    bank = _mirror_bank(tmp_path, "alu", tmp_path / "remote")
+    with running_server(data) as url:
+        added = run(data, "mirror", "add", str(bank), "--url", url)
+        assert added.returncode == 0, added.stderr
+        started = run(data, "mirror", "run", "alu", "--no-wait", "--url", url)
+        assert started.returncode == 0, (started.stdout, started.stderr)
+        queued = _run_json(started)
+        assert queued["state"] in (
+            "queued",
+            "listing",
+            "downloading",
+            "publishing",
+            "published",
+        ), queued
+        # The run goes on without the command: the server finishes and publishes it.
+        deadline = time.monotonic() + 60
+        while True:
+            state = httpx.get(f"{url}/api/v1/mirror-runs/{queued['id']}", timeout=10).json()
+            if state["state"] in ("published", "up_to_date", "failed", "cancelled"):
+                break
+            assert time.monotonic() < deadline, f"run not finished in 60 s: {state}"
+            time.sleep(0.1)
+        assert state["state"] == "published", state
+        assert state["files_done"] == len(MIRROR_FILES)

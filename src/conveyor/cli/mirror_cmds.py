@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,7 +28,8 @@ from conveyor.mirror.properties import load_properties
 mirror_app = typer.Typer(help="Mirror remote data banks, release by release.", no_args_is_help=True)
 
 FINISHED = ("published", "up_to_date", "failed", "cancelled")
-POLL_SECONDS = 0.5
+# Each look answers as the run ends, or after this long with progress for the bars.
+PROGRESS_SECONDS = 0.5
 
 
 def read_definition(path: Path, name: str | None) -> tuple[MirrorDefinition, str]:
@@ -150,7 +150,9 @@ def _follow(client: ConveyorClient, run_id: int) -> dict[str, Any]:
     ) as bar:
         task = bar.add_task("queued", total=None)
         while True:
-            state: dict[str, Any] = client.request("GET", f"/api/v1/mirror-runs/{run_id}")
+            state: dict[str, Any] = client.request(
+                "GET", f"/api/v1/mirror-runs/{run_id}?wait={PROGRESS_SECONDS}"
+            )
             finished = state["files_done"] + state["files_reused"] + state["files_failed"]
             release = f" {state['release']}" if state["release"] else ""
             bar.update(
@@ -161,4 +163,3 @@ def _follow(client: ConveyorClient, run_id: int) -> dict[str, Any]:
             )
             if state["state"] in FINISHED:
                 return state
-            time.sleep(POLL_SECONDS)
