@@ -437,6 +437,23 @@ def test_a_message_with_an_impossible_date_is_still_settled(
     assert waiting(queue_name) == (0, 0)
 
 
+def test_a_file_that_cannot_be_written_here_is_that_files_error(
+    ftp: ServerInfo, sessions: DownloadSessions, queue_name: str, tmp_path: Path
+) -> None:
+    """local_dir under a plain file: the kernel refuses the folder. The error is the
+    file's, named, with the reason (not an "internal error" of the operation)."""
+    bank = new_bank()
+    session = sessions.create(bank)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    publish(queue_name, operation(bank, session, blocker / "bank", ftp, [("a.txt", "")]))
+    assert run_consumer(queue_name, sessions, limit=1) == 1
+    assert sessions.status(bank, session) == (1, 1)
+    [error] = sessions.drain_errors(bank, session)
+    assert error.startswith("a.txt: could not be written here: [Errno 20] Not a directory"), error
+    assert waiting(queue_name) == (0, 0)
+
+
 def test_operations_that_cannot_be_recorded_are_dead_lettered(
     ftp: ServerInfo, sessions: DownloadSessions, queue_name: str, tmp_path: Path
 ) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import resource
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +360,52 @@ def test_an_unexpected_error_on_the_loop_fails_the_run_and_stops_the_rest(
     assert "the archive disk is on fire" in run["error"]
     assert run["transaction_id"] is None
     assert failed_task(client, run) == "download files"
+
+
+@pytest.mark.parametrize("engine", ["loop", "threads"])
+def test_a_file_that_cannot_be_written_here_stops_the_run_and_is_named(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """A local write failure is no transfer error: retrying that file or the next cannot
+    help. The run fails at its download step naming the file and the reason, without a
+    traceback for a reason. The failure is the kernel's own: a limit on the size of any
+    file this process writes (RLIMIT_FSIZE) makes the part's write fail with EFBIG."""
+    from conveyor.mirror import downloads
+
+    # Both engines: a 6 MiB file goes to the loop under a raised limit, to a thread otherwise.
+    monkeypatch.setattr(downloads, "LOOP_MAX_BYTES", 16 * 2**20 if engine == "loop" else 2**20)
+    root = tmp_path / "remote"
+    root.mkdir()
+    (root / "a-small.bin").write_bytes(os.urandom(1000))
+    (root / "huge.bin").write_bytes(os.urandom(6 * 2**20))
+    with http_server(root, index_style="nginx") as server:
+        definition = {
+            "name": "full",
+            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
+            "threads": 2,
+        }
+        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        with _file_size_limit(4 * 2**20):
+            run = run_mirror(client, "full")
+        again = run_mirror(client, "full")  # room again: the next run resumes and publishes
+    assert run["state"] == "failed", run
+    assert run["error"].startswith("huge.bin: could not be written here: [Errno 27]"), run
+    assert "Traceback" not in run["error"]
+    assert run["transaction_id"] is None
+    assert failed_task(client, run) == "download files"
+    assert again["state"] == "published", again
+    assert again["files_done"] + again["files_reused"] == 2
+
+
+@contextmanager
+def _file_size_limit(size: int) -> Iterator[None]:
+    """Limit every file this process writes to ``size`` bytes; a write past it fails with
+    EFBIG instead of the signal that would end the process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)

@@ -33,7 +33,7 @@ from conveyor.jobs.context import JobContext
 from conveyor.jobs.errors import StepFailed
 from conveyor.mirror import states
 from conveyor.mirror.definition import MirrorDefinition
-from conveyor.mirror.errors import MirrorError
+from conveyor.mirror.errors import MirrorError, unwritable
 from conveyor.mirror.gate import HostGate
 from conveyor.mirror.integrity import sidecar_digest
 from conveyor.mirror.retry import RetryPolicy, retry_policy
@@ -63,6 +63,15 @@ class RunCancelled(StepFailed):
 
     def __init__(self, message: str) -> None:
         super().__init__(DOWNLOAD_STEP, message)
+
+
+class LocalWriteFailed(StepFailed):
+    """A file could not be written here (a full disk, a read-only folder): no retry of
+    that file or of the next can help, so the run stops at it and names it."""
+
+    def __init__(self, name: str, error: OSError) -> None:
+        reason = unwritable(error)
+        super().__init__(DOWNLOAD_STEP, f"{name}: {reason}", [{"item": name, "error": reason}])
 
 
 class PendingFile(NamedTuple):
@@ -294,6 +303,8 @@ class Downloader:
             return Outcome(row.id, states.FILE_PENDING)
         except MirrorError as error:
             return self._failed(row, error)
+        except OSError as error:
+            raise self._write_failed(row, error) from error
         return self._done(row, fetched, started)
 
     async def _one_on_loop(
@@ -331,6 +342,8 @@ class Downloader:
                 return Outcome(row.id, states.FILE_PENDING)
             except MirrorError as error:
                 return self._failed(row, error)
+            except OSError as error:
+                raise self._write_failed(row, error) from error
             return self._done(row, fetched, started)
 
     async def _on_archive(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -361,6 +374,17 @@ class Downloader:
             digest=self._sidecar_digest(row.save_as),
             keep_part=True,
         )
+
+    def _write_failed(self, row: PendingFile, error: OSError) -> LocalWriteFailed:
+        """Stop the other transfers (each would fail the same way) and say which file."""
+        self.stopping.set()
+        log.warning(
+            "mirror %s stopped: %s could not be written: %s",
+            self.definition.name,
+            row.save_as,
+            error,
+        )
+        return LocalWriteFailed(row.save_as, error)
 
     def _failed(self, row: PendingFile, error: MirrorError) -> Outcome:
         self._counters[row.source_index].errors.inc()

@@ -52,3 +52,10 @@ def stall_words(seconds: float) -> str:
 def connection_cut(where: str, cause: object) -> SourceError:
     """A connection that ended before the transfer did, with what the system said: retried."""
     return SourceError(f"{where}: connection cut ({cause})")
+
+
+def unwritable(error: OSError) -> str:
+    """Why a downloaded file could not be written to this machine's disk (a full disk, a
+    folder that cannot be made): a source words its network errors as SourceError, so an
+    OSError reaching the transfer's caller is the local disk's."""
+    return f"could not be written here: {error}"

@@ -17,7 +17,7 @@ from typing import Any
 
 from conveyor.ingest.paths import UnsafePath, relative_parts
 from conveyor.mirror.biomaj.messages import PROTOCOLS
-from conveyor.mirror.errors import DefinitionError, MirrorError
+from conveyor.mirror.errors import DefinitionError, MirrorError, unwritable
 from conveyor.mirror.gate import HostGate
 from conveyor.mirror.properties import options_from_map
 from conveyor.mirror.retry import retry_policy
@@ -115,6 +115,8 @@ def _one(
         )
     except MirrorError as error:
         return FileResult(file.name, spec.host, error=f"{file.name}: {error}")
+    except OSError as error:
+        return FileResult(file.name, spec.host, error=f"{file.name}: {unwritable(error)}")
     _set_remote_date(target, file.metadata)
     return FileResult(file.name, spec.host, fetched.size, time.monotonic() - started)
 

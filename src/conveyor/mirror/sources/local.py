@@ -51,9 +51,12 @@ class LocalSource(Source):
         except OSError as error:
             raise SourceError(f"cannot read {target}: {error.strerror}", permanent=True) from None
         with handle:
-            handle.seek(offset)
-            while chunk := handle.read(READ_CHUNK):
-                yield chunk
+            try:
+                handle.seek(offset)
+                while chunk := handle.read(READ_CHUNK):
+                    yield chunk
+            except OSError as error:  # a read error of the source's disk (NFS, say) may pass
+                raise SourceError(f"cannot read {target}: {error.strerror}") from None
 
     def stat(self, path: str) -> RemoteEntry:
         """``os.stat`` of the file."""
