@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.banks import ALU_BANK, ALU_FILES, QUICK_RETRIES, write_alu_tree
 from tests.support.consumers import make_zip
 from tests.support.receivers import running_receiver
 from tests.support.server import CONVEYOR, conveyor_env, running_server
@@ -160,7 +160,6 @@ def test_json_logs_and_tracing_export_spans(tmp_path: Path) -> None:
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
     log_path = tmp_path / "data"
-    import os
 
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
     os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"
@@ -261,39 +260,18 @@ def test_consumer_check_builds_a_package_or_names_what_is_wrong(tmp_path: Path) 
     assert not (tmp_path.parent / "outside.py").exists()
 
 
-# A BioMAJ bank on the local disk: two gzip files and a text file in a subfolder are
-# selected, other.gz is not. Two quick attempts, so a failing run ends at once.
-MIRROR_BANK = """[GENERAL]
-db.name={name}
-protocol=local
-server=
-remote.dir={root}/
-remote.files=^alu.*\\.gz$ ^sub/(.*\\.txt)$
-local.files=**/*
-release.file=
-release.regexp=
-options.names=stop_condition,wait_policy
-options.stop_condition=stop_after_attempt(2)
-options.wait_policy=wait_none
-"""
-MIRROR_FILES = {
-    "alu.n.gz": gzip.compress(b">alu\nACGT\n" * 100, mtime=0),
-    "alu.a.gz": gzip.compress(b">alu\nMKV\n" * 100, mtime=0),
-    "sub/notes.txt": b"hello\n",
-}
-
-
 def _mirror_bank(tmp_path: Path, name: str, root: Path) -> Path:
-    """The remote folder ``root`` (MIRROR_FILES plus one file not selected) and its bank."""
-    for relative, data in {**MIRROR_FILES, "other.gz": gzip.compress(b"x")}.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    for path in root.rglob("*"):
-        os.utime(path, (1_700_000_000, 1_700_000_000))
+    """The bank file of mirror ``name`` over ``root``, two quick attempts a file."""
     bank = tmp_path / f"{name}.properties"
-    bank.write_text(MIRROR_BANK.format(name=name, root=root))
+    bank.write_text(ALU_BANK.format(name=name, root=root) + QUICK_RETRIES)
     return bank
+
+
+def _added(data: Path, bank: Path, url: str) -> dict[str, Any]:
+    """``conveyor mirror add`` of ``bank``: the mirror it printed."""
+    added = run(data, "mirror", "add", str(bank), "--url", url)
+    assert added.returncode == 0, added.stderr
+    return dict(json.loads(added.stdout))
 
 
 def _run_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -306,11 +284,10 @@ def _run_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 def test_mirror_add_and_run_publish_a_release_then_are_up_to_date(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    write_alu_tree(tmp_path / "remote")
     bank = _mirror_bank(tmp_path, "alu", tmp_path / "remote")
     with running_server(data) as url:
-        added = run(data, "mirror", "add", str(bank), "--url", url)
-        assert added.returncode == 0, added.stderr
-        mirror = json.loads(added.stdout)
+        mirror = _added(data, bank, url)
         assert mirror["name"] == "alu"
         assert mirror["origin"] == "biomaj"
 
@@ -318,7 +295,7 @@ def test_mirror_add_and_run_publish_a_release_then_are_up_to_date(tmp_path: Path
         assert first.returncode == 0, (first.stdout, first.stderr)
         finished = _run_json(first)
         assert finished["state"] == "published", finished
-        assert finished["files_done"] == len(MIRROR_FILES)
+        assert finished["files_done"] == len(ALU_FILES)
         assert finished["transaction_id"] is not None
         answer = httpx.get(f"{url}/api/v1/transactions/{finished['transaction_id']}", timeout=10)
         assert answer.status_code == 200, answer.text
@@ -328,7 +305,7 @@ def test_mirror_add_and_run_publish_a_release_then_are_up_to_date(tmp_path: Path
         }
         # The capture group saves sub/notes.txt as notes.txt.
         assert sorted(files) == ["alu.a.gz", "alu.n.gz", "notes.txt"]
-        for relative, expected in MIRROR_FILES.items():
+        for relative, expected in ALU_FILES.items():
             got = httpx.get(
                 f"{url}/api/v1/files/{files[Path(relative).name]['id']}/content", timeout=10
             )
@@ -354,10 +331,7 @@ def test_mirror_run_that_finds_nothing_exits_1_with_the_reason(tmp_path: Path) -
             ("gone", missing, f"folder {missing} does not exist"),
             ("empty", empty, "no file found matching"),
         ):
-            bank = tmp_path / f"{name}.properties"
-            bank.write_text(MIRROR_BANK.format(name=name, root=root))
-            added = run(data, "mirror", "add", str(bank), "--url", url)
-            assert added.returncode == 0, added.stderr
+            _added(data, _mirror_bank(tmp_path, name, root), url)
             failed = run(data, "mirror", "run", name, "--url", url)
             assert failed.returncode == 1, (failed.stdout, failed.stderr)
             finished = _run_json(failed)
@@ -370,10 +344,10 @@ def test_mirror_run_that_finds_nothing_exits_1_with_the_reason(tmp_path: Path) -
 
 def test_mirror_run_no_wait_prints_the_started_run(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    write_alu_tree(tmp_path / "remote")
     bank = _mirror_bank(tmp_path, "alu", tmp_path / "remote")
     with running_server(data) as url:
-        added = run(data, "mirror", "add", str(bank), "--url", url)
-        assert added.returncode == 0, added.stderr
+        _added(data, bank, url)
         started = run(data, "mirror", "run", "alu", "--no-wait", "--url", url)
         assert started.returncode == 0, (started.stdout, started.stderr)
         queued = _run_json(started)
@@ -393,4 +367,4 @@ def test_mirror_run_no_wait_prints_the_started_run(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, f"run not finished in 60 s: {state}"
             time.sleep(0.1)
         assert state["state"] == "published", state
-        assert state["files_done"] == len(MIRROR_FILES)
+        assert state["files_done"] == len(ALU_FILES)

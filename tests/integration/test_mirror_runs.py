@@ -19,51 +19,35 @@ from fastapi.testclient import TestClient
 from conveyor.mirror.transfer import fetch, fetch_async
 from conveyor.runtime import Runtime
 from tests.support.banks import (
+    ALU_BANK,
+    QUICK_RETRIES,
+    QUICK_STOP,
+    QUICK_WAIT,
     add_bank,
     content,
     failed_task,
     published,
     run_files,
     run_mirror,
+    write_alu_tree,
 )
-from tests.support.mirror_servers import http_server
-
-BANK = """[GENERAL]
-db.name=alu
-protocol=local
-server=
-remote.dir={root}/
-remote.files=^alu.*\\.gz$ ^sub/(.*\\.txt)$
-local.files=**/*
-release.file=
-release.regexp=
-"""
+from tests.support.mirror_servers import ServerInfo, http_server
 
 
-def _bank(root: Path) -> None:
-    (root / "sub").mkdir(parents=True)
-    (root / "alu.n.gz").write_bytes(gzip.compress(b">alu\nACGT\n" * 1000))
-    (root / "alu.a.gz").write_bytes(gzip.compress(b">alu\nMKV\n" * 1000))
-    (root / "other.gz").write_bytes(gzip.compress(b"x"))
-    (root / "sub" / "notes.txt").write_text("hello")
-    for path in root.rglob("*"):
-        os.utime(path, (1_700_000_000, 1_700_000_000))
-
-
-# Two quick attempts: a corrupt file is fetched again once, without waiting.
-QUICK_RETRIES = """options.names=stop_condition,wait_policy
-options.stop_condition=stop_after_attempt(2)
-options.wait_policy=wait_none
-"""
+def _define_http(client: TestClient, server: ServerInfo, name: str, **fields: Any) -> None:
+    """Define mirror ``name`` over the loopback HTTP ``server``, with more ``fields``."""
+    source = {"protocol": "http", "server": f"{server.host}:{server.port}"}
+    answer = client.post("/api/v1/mirrors", json={"name": name, "source": source, **fields})
+    assert answer.status_code == 201, answer.text
 
 
 def _add(client: TestClient, root: Path, extra: str = "") -> dict[str, Any]:
-    return add_bank(client, BANK.format(root=root) + extra)
+    return add_bank(client, ALU_BANK.format(name="alu", root=root) + extra)
 
 
 def test_a_bank_file_is_mirrored_and_published(client: TestClient, tmp_path: Path) -> None:
     root = tmp_path / "remote"
-    _bank(root)
+    write_alu_tree(root)
     added = _add(client, root)
     assert added["origin"] == "biomaj"
     run = run_mirror(client, "alu")
@@ -95,7 +79,7 @@ def test_a_bank_file_is_mirrored_and_published(client: TestClient, tmp_path: Pat
 
 def test_an_unchanged_bank_is_up_to_date(client: TestClient, tmp_path: Path) -> None:
     root = tmp_path / "remote"
-    _bank(root)
+    write_alu_tree(root)
     _add(client, root)
     first = run_mirror(client, "alu")
     second = run_mirror(client, "alu")
@@ -106,7 +90,7 @@ def test_an_unchanged_bank_is_up_to_date(client: TestClient, tmp_path: Path) -> 
 
 def test_a_new_release_reuses_unchanged_files(client: TestClient, tmp_path: Path) -> None:
     root = tmp_path / "remote"
-    _bank(root)
+    write_alu_tree(root)
     _add(client, root)
     run_mirror(client, "alu")
     (root / "alu.n.gz").write_bytes(gzip.compress(b">alu\nTTTT\n"))
@@ -122,7 +106,7 @@ def test_a_corrupt_archive_fails_the_run_with_its_reason(
     client: TestClient, tmp_path: Path
 ) -> None:
     root = tmp_path / "remote"
-    _bank(root)
+    write_alu_tree(root)
     (root / "alu.a.gz").write_bytes(b"not gzip at all")
     _add(client, root, QUICK_RETRIES)
     run = run_mirror(client, "alu")
@@ -189,15 +173,10 @@ def test_a_cancelled_run_stops_and_the_next_one_reuses_its_files(
         http_server(root, index_style="nginx") as server,
         TestClient(create_app(runtime=runtime)) as client,
     ):
-        definition = {
-            "name": "big",
-            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
-            "threads": 1,
-        }
         # The second batch of 200 stalls on f250.bin for 4 s: the run is cancelled there.
         server.faults.stall_seconds = 4
         server.faults.stall_after["f250.bin"] = 1000
-        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        _define_http(client, server, "big", threads=1)
         run = client.post("/api/v1/mirrors/big/runs").json()
         deadline = time.monotonic() + 60
         while run["files_done"] < 1 and time.monotonic() < deadline:
@@ -290,13 +269,7 @@ def test_an_http_run_takes_small_files_on_the_loop_and_large_ones_in_threads(
     for name in ("large.bin.md5", "small.txt.sha256"):
         (root / name).write_bytes(files[name])
     with http_server(root, index_style="nginx") as server:
-        definition = {
-            "name": "mixed",
-            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
-            "remote_files": ["**/*"],
-            "threads": 2,
-        }
-        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        _define_http(client, server, "mixed", remote_files=["**/*"], threads=2)
         run = run_mirror(client, "mixed")
     release = published(client, run)
     assert {name: content(client, release[name]) for name in release} == files
@@ -312,13 +285,8 @@ def test_a_sidecar_that_disagrees_fails_the_file_on_the_loop(
     (root / "a.txt").write_bytes(b"the real bytes\n")
     (root / "a.txt.md5").write_bytes(f"{hashlib.md5(b'other').hexdigest()}  a.txt\n".encode())
     with http_server(root, index_style="nginx") as server:
-        definition = {
-            "name": "sidecar",
-            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
-            "stop_condition": "stop_after_attempt(2)",
-            "wait_policy": "wait_none",
-        }
-        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        quick = {"stop_condition": QUICK_STOP, "wait_policy": QUICK_WAIT}
+        _define_http(client, server, "sidecar", **quick)
         run = run_mirror(client, "sidecar")
     assert run["state"] == "failed", run
     (failed,) = run_files(client, run, "failed")
@@ -349,12 +317,7 @@ def test_an_unexpected_error_on_the_loop_fails_the_run_and_stops_the_rest(
         (root / f"f{index:03d}.bin").write_bytes(os.urandom(1000))
     (root / "large.bin").write_bytes(os.urandom(200_000))
     with http_server(root, index_style="nginx") as server:
-        definition = {
-            "name": "fire",
-            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
-            "threads": 3,
-        }
-        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        _define_http(client, server, "fire", threads=3)
         run = run_mirror(client, "fire")
     assert run["state"] == "failed", run
     assert "the archive disk is on fire" in run["error"]
@@ -379,12 +342,7 @@ def test_a_file_that_cannot_be_written_here_stops_the_run_and_is_named(
     (root / "a-small.bin").write_bytes(os.urandom(1000))
     (root / "huge.bin").write_bytes(os.urandom(6 * 2**20))
     with http_server(root, index_style="nginx") as server:
-        definition = {
-            "name": "full",
-            "source": {"protocol": "http", "server": f"{server.host}:{server.port}"},
-            "threads": 2,
-        }
-        assert client.post("/api/v1/mirrors", json=definition).status_code == 201
+        _define_http(client, server, "full", threads=2)
         with _file_size_limit(4 * 2**20):
             run = run_mirror(client, "full")
         again = run_mirror(client, "full")  # room again: the next run resumes and publishes

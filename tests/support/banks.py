@@ -26,6 +26,40 @@ QUICK_STOP = "stop_after_attempt(2)"
 QUICK_WAIT = "wait_none"
 ACTIVE_STATES = ("queued", "listing", "downloading", "publishing")
 
+# A bank on the local disk: both alu gzip files and sub/notes.txt are selected (the capture
+# group saves the last as notes.txt), other.gz is not; every file dated 2023-11-14.
+ALU_BANK = """[GENERAL]
+db.name={name}
+protocol=local
+server=
+remote.dir={root}/
+remote.files=^alu.*\\.gz$ ^sub/(.*\\.txt)$
+local.files=**/*
+release.file=
+release.regexp=
+"""
+ALU_FILES: dict[str, bytes] = {
+    "alu.n.gz": gzip.compress(b">alu\nACGT\n" * 1000, mtime=0),
+    "alu.a.gz": gzip.compress(b">alu\nMKV\n" * 1000, mtime=0),
+    "sub/notes.txt": b"hello",
+}
+# Two attempts without waiting, in bank-file form.
+QUICK_RETRIES = """options.names=stop_condition,wait_policy
+options.stop_condition=stop_after_attempt(2)
+options.wait_policy=wait_none
+"""
+
+
+def write_alu_tree(root: Path) -> None:
+    """ALU_FILES and the unselected other.gz under ``root``."""
+    for relative, data in {**ALU_FILES, "other.gz": gzip.compress(b"x", mtime=0)}.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for path in root.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+
+
 # biomaj-download's tests/bank: a real gzip, a FASTA file and a text file.
 BANK_FILES: dict[str, bytes] = {
     "test.fasta.gz": gzip.compress(b">seq1\nACGTACGTACGT\n>seq2\nTTGGCCAA\n", mtime=0),
