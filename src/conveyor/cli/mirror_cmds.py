@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -150,6 +151,7 @@ def _follow(client: ConveyorClient, run_id: int) -> dict[str, Any]:
     ) as bar:
         task = bar.add_task("queued", total=None)
         while True:
+            asked = time.monotonic()
             state: dict[str, Any] = client.request(
                 "GET", f"/api/v1/mirror-runs/{run_id}?wait={PROGRESS_SECONDS}"
             )
@@ -163,3 +165,5 @@ def _follow(client: ConveyorClient, run_id: int) -> dict[str, Any]:
             )
             if state["state"] in FINISHED:
                 return state
+            # A server older than ?wait= answers at once: never ask more often than a tick.
+            time.sleep(max(0.0, PROGRESS_SECONDS - (time.monotonic() - asked)))
