@@ -3,15 +3,18 @@ answers as the run ends (woken by the commit that ends it) or after the seconds,
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from conveyor.db.models import MirrorRun
 from conveyor.jobs.executors import JOBS_LANE, Executor
@@ -19,6 +22,7 @@ from conveyor.mirror import service
 from conveyor.mirror.runs import _finish_failed
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
+from tests.support.services import free_port
 
 
 class _NoWorker(Executor):
@@ -127,6 +131,57 @@ def test_a_run_waited_for_is_published_by_the_running_executor(
     assert ended["state"] == "published", ended
     assert ended["files_done"] == 20
     assert ended["transaction_id"] is not None
+
+
+def test_a_wait_ends_at_its_next_look_once_the_client_has_hung_up(
+    api: TestClient, idle: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a real connection to uvicorn: after the client closes it, the wait stops
+    looking at the database instead of going on for its 30 seconds."""
+    monkeypatch.setattr(service, "ENDED_RECHECK_SECONDS", 0.1)
+    run = _queued_run(api, tmp_path / "remote")
+    looks: list[float] = []
+
+    def count_looks(*args: Any) -> None:
+        if "FROM mirror_runs" in args[2]:
+            looks.append(time.monotonic())
+
+    event.listen(idle.db.engine, "before_cursor_execute", count_looks)
+    try:
+        with _uvicorn(idle) as port:
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                request = f"GET /api/v1/mirror-runs/{run['id']}?wait=30 HTTP/1.1\r\n"
+                client.sendall(f"{request}Host: 127.0.0.1\r\n\r\n".encode())
+                _until(lambda: len(looks) >= 3, "the wait never looked at the run")
+            hung_up = time.monotonic()
+            _until(lambda: looks[-1] < time.monotonic() - 1.0, "the wait went on looking")
+    finally:
+        event.remove(idle.db.engine, "before_cursor_execute", count_looks)
+    # Not a speed limit: the wait would otherwise have looked for 30 s, ten times a second.
+    assert looks[-1] - hung_up < 10.0, "looks went on after the client had gone"
+
+
+@contextmanager
+def _uvicorn(runtime: Runtime) -> Iterator[int]:
+    """The API served by uvicorn from a thread, on a free loopback port."""
+    port = free_port()
+    app = create_app(runtime=runtime)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, name="uvicorn")
+    thread.start()
+    try:
+        _until(lambda: server.started, "uvicorn did not start")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _until(condition: Callable[[], bool], failure: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("wait", ["-1", "61", "soon", "nan"])

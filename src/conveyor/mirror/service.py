@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -151,12 +152,18 @@ def get_run(runtime: Runtime, principal: Principal, run_id: int) -> dict[str, An
 
 
 async def wait_for_run(
-    runtime: Runtime, principal: Principal, run_id: int, seconds: float
+    runtime: Runtime,
+    principal: Principal,
+    run_id: int,
+    seconds: float,
+    client_gone: Callable[[], Awaitable[bool]] | None = None,
 ) -> dict[str, Any]:
     """The run as soon as it has ended, or as it is after ``seconds``.
 
     A run ended in this process wakes the wait at its commit; one ended by another process
-    (a Celery worker) is seen at the next look, ``ENDED_RECHECK_SECONDS`` apart.
+    (a Celery worker) is seen at the next look, ``ENDED_RECHECK_SECONDS`` apart. Once
+    ``client_gone`` says the asker has left, the wait ends at that look: nobody would read
+    the answer, and each look costs a query.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -167,6 +174,8 @@ async def wait_for_run(
             view = await asyncio.to_thread(get_run, runtime, principal, run_id)
             left = deadline - loop.time()
             if view["state"] in states.FINISHED or left <= 0:
+                return view
+            if client_gone is not None and await client_gone():
                 return view
             await woken.wait(min(left, ENDED_RECHECK_SECONDS))
 

@@ -115,6 +115,7 @@ def list_runs(
 
 @router.get("/mirror-runs/{run_id}", summary="A run and its progress")
 async def get_run(
+    request: Request,
     run_id: int,
     runtime: RuntimeDep,
     principal: PrincipalDep,
@@ -128,7 +129,8 @@ async def get_run(
     ] = 0,
 ) -> dict[str, Any]:
     """Files and bytes done, rate, time left, outcome; with ``wait``, once the run ends."""
-    return await service.wait_for_run(runtime, principal, run_id, wait)
+    gone = request.is_disconnected if wait else None
+    return await service.wait_for_run(runtime, principal, run_id, wait, gone)
 
 
 @router.post("/mirror-runs/{run_id}/cancel", summary="Cancel a run")
