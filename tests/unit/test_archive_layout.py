@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
-from conveyor.storage import open_archive
+import pytest
+
+from conveyor.storage import ArchiveError, open_archive
 
 
 def _adopt_one(root: Path, work: Path, data: bytes) -> Path:
@@ -40,3 +43,20 @@ def test_an_existing_archive_is_left_as_it_is_and_makes_a_missing_folder_on_dema
 
     assert blob.read_bytes() == data
     assert len(list((root / "blobs").iterdir())) == 255, "opening it made folders again"
+
+
+def test_an_archive_that_cannot_be_written_opens_and_its_first_write_says_why(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "archive"
+    root.mkdir()
+    # An immutable folder refuses new entries even to root (the tests may run as root).
+    if subprocess.run(["chattr", "+i", str(root)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this filesystem")
+    try:
+        archive = open_archive(root.as_uri())
+        with pytest.raises(ArchiveError, match="cannot write to the archive"):
+            archive.put_bytes(b"refused\n")
+    finally:
+        subprocess.run(["chattr", "-i", str(root)], check=True)
+    assert list(root.iterdir()) == []

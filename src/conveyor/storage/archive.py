@@ -7,6 +7,7 @@ that is already there is not written twice. Nothing a reader can see is ever par
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
@@ -48,13 +49,15 @@ def _lay_out(store: BlobStore) -> None:
 
     Made on demand instead, each of the first blobs would pay a failed rename and a mkdir:
     adopting 1,000 files into a new archive took 30-37 ms instead of 15 ms. An archive that
-    has its ``blobs`` folder is left as it is (a missing folder is still made on demand).
+    has its ``blobs`` folder is left as it is (a missing folder is still made on demand), and
+    so is one that cannot be written now: only its first write needs to say why.
     """
     blobs = store.local_path(BLOBS)
     if blobs is None or blobs.exists():
         return
-    for prefix in range(256):
-        (blobs / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        for prefix in range(256):
+            (blobs / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
 
 
 class Crc32:
