@@ -23,6 +23,7 @@ from conveyor.mirror.runs import _finish_failed
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
 from tests.support.services import free_port
+from tests.support.waiting import eventually
 
 
 class _NoWorker(Executor):
@@ -142,8 +143,8 @@ def test_a_wait_ends_at_its_next_look_once_the_client_has_hung_up(
     run = _queued_run(api, tmp_path / "remote")
     looks: list[float] = []
 
-    def count_looks(*args: Any) -> None:
-        if "FROM mirror_runs" in args[2]:
+    def count_looks(connection: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if "FROM mirror_runs" in statement:
             looks.append(time.monotonic())
 
     event.listen(idle.db.engine, "before_cursor_execute", count_looks)
@@ -152,9 +153,9 @@ def test_a_wait_ends_at_its_next_look_once_the_client_has_hung_up(
             with socket.create_connection(("127.0.0.1", port)) as client:
                 request = f"GET /api/v1/mirror-runs/{run['id']}?wait=30 HTTP/1.1\r\n"
                 client.sendall(f"{request}Host: 127.0.0.1\r\n\r\n".encode())
-                _until(lambda: len(looks) >= 3, "the wait never looked at the run")
+                eventually(lambda: len(looks) >= 3, "the wait's looks at the run", 20)
             hung_up = time.monotonic()
-            _until(lambda: looks[-1] < time.monotonic() - 1.0, "the wait went on looking")
+            eventually(lambda: looks[-1] < time.monotonic() - 1.0, "the looks stopping", 20)
     finally:
         event.remove(idle.db.engine, "before_cursor_execute", count_looks)
     # Not a speed limit: the wait would otherwise have looked for 30 s, ten times a second.
@@ -170,18 +171,11 @@ def _uvicorn(runtime: Runtime) -> Iterator[int]:
     thread = threading.Thread(target=server.run, name="uvicorn")
     thread.start()
     try:
-        _until(lambda: server.started, "uvicorn did not start")
+        eventually(lambda: server.started, "uvicorn started", 20)
         yield port
     finally:
         server.should_exit = True
         thread.join(30)
-
-
-def _until(condition: Callable[[], bool], failure: str, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("wait", ["-1", "61", "soon", "nan"])
