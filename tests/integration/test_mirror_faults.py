@@ -171,15 +171,17 @@ def _fetch(
     *,
     gate: HostGate | None = None,
     sleep: Callable[[float], None] | None = None,
+    policy: RetryPolicy | None = None,
     **options: Any,
 ) -> Fetched:
+    policy = policy or _policy(attempts)
     if served.loop:
-        return asyncio.run(_fetch_on_loop(served, wanted, attempts, gate, sleep, options))
+        return asyncio.run(_fetch_on_loop(served, wanted, policy, gate, sleep, options))
     with open_source(served.spec) as source:
         return fetch(
             source,
             wanted,
-            _policy(attempts),
+            policy,
             gate=gate or HostGate(2),
             attempt_seconds=ATTEMPT_SECONDS,
             sleep=sleep or Sleeps(),
@@ -190,7 +192,7 @@ def _fetch(
 async def _fetch_on_loop(
     served: Served,
     wanted: Wanted,
-    attempts: int,
+    policy: RetryPolicy,
     gate: HostGate | None,
     sleep: Callable[[float], None] | None,
     options: dict[str, Any],
@@ -206,7 +208,7 @@ async def _fetch_on_loop(
         return await fetch_async(
             reader,
             wanted,
-            _policy(attempts),
+            policy,
             gate=gate or HostGate(2),
             attempt_seconds=ATTEMPT_SECONDS,
             sleep=wait,
@@ -470,6 +472,27 @@ def test_a_file_stalling_on_every_attempt_fails_with_the_stall_as_reason(
     assert error.attempts == 2
     assert faults.stall_after == {}  # the second stall fired too
     assert not wanted.target.exists()
+    _assert_no_work_left_behind(caplog)
+
+
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_the_policy_delay_counts_from_the_first_attempt(
+    kind: Kind, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first attempt runs before the policy's retry loop is made; its stall (1 s) is
+    # past the policy's 0.5 s, so no second attempt may start.
+    with _serve(kind, tmp_path) as served:
+        faults = served.info.faults
+        faults.stall_after[NAME] = 200_000
+        wanted = served.wanted(size=len(DATA))
+        sleeps = Sleeps(then=lambda: faults.stall_after.update({NAME: 400_000}))
+        policy = retry_policy("stop_after_delay(0.5)", "wait_none")
+        with pytest.raises(SourceError) as raised:
+            _fetch(served, wanted, 0, sleep=sleeps, policy=policy)
+    assert "stalled" in str(raised.value)
+    assert raised.value.attempts == 1
+    assert sleeps.calls == []
+    assert faults.stall_after == {}  # the first stall fired
     _assert_no_work_left_behind(caplog)
 
 

@@ -277,6 +277,40 @@ def test_an_http_run_takes_small_files_on_the_loop_and_large_ones_in_threads(
     assert sorted(in_threads) == ["large.bin", "sub/large.dat"]
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["loop", "threads"])
+def test_a_part_left_by_an_earlier_run_is_resumed_by_the_next(
+    client: TestClient,
+    runtime: Runtime,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: bool,
+) -> None:
+    """A run looks for parts once, before it downloads; one found is resumed, not fetched
+    again from its first byte, and the file published is whole."""
+    from conveyor.mirror import downloads
+
+    if threads:
+        monkeypatch.setattr(downloads, "LOOP_MAX_BYTES", 0)
+    data = os.urandom(200_000)
+    root = tmp_path / "remote"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "f.bin").write_bytes(data)
+    (root / "g.bin").write_bytes(data[:1000])
+    assert runtime.settings.mirror_dir is not None
+    left = runtime.settings.mirror_dir / "resumed" / "sub" / "f.bin.part"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(data[:120_000])
+    with http_server(root, index_style="nginx") as server:
+        _define_http(client, server, "resumed", remote_files=["**/*"])
+        run = run_mirror(client, "resumed")
+        gets = [entry for entry in server.faults.requests if entry.startswith("GET /sub/f.bin")]
+    release = published(client, run)
+    assert content(client, release["sub/f.bin"]) == data
+    assert release["sub/f.bin"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert gets == ["GET /sub/f.bin bytes=120000-"]
+    assert not left.exists()
+
+
 def test_a_sidecar_that_disagrees_fails_the_file_on_the_loop(
     client: TestClient, tmp_path: Path
 ) -> None:

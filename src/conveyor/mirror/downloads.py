@@ -39,7 +39,7 @@ from conveyor.mirror.integrity import sidecar_digest
 from conveyor.mirror.retry import RetryPolicy, retry_policy
 from conveyor.mirror.sources import AsyncReader, Source, open_async_reader, open_source
 from conveyor.mirror.spec import SourceSpec
-from conveyor.mirror.transfer import Fetched, Wanted, fetch, fetch_async
+from conveyor.mirror.transfer import Fetched, Wanted, fetch, fetch_async, holds_parts
 from conveyor.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,11 @@ class Downloader:
         self._sources: list[Source] = []
         self._sidecars: dict[str, str] = {}
         self._archive_is_local = self.runtime.archive.store.is_local
+        self._parts_left = True  # whether an earlier run left part files; run() looks
 
     def run(self) -> list[dict[str, str]]:
         """Download or reuse every pending file; the per-file errors."""
+        self._parts_left = holds_parts(self.workdir)
         monitor = threading.Thread(target=self._monitor, name=f"mirror-run-{self.run_id}")
         monitor.start()
         errors: list[dict[str, str]] = []
@@ -373,6 +375,7 @@ class Downloader:
             self.workdir / row.save_as,
             digest=self._sidecar_digest(row.save_as),
             keep_part=True,
+            may_resume=self._parts_left,
         )
 
     def _write_failed(self, row: PendingFile, error: OSError) -> LocalWriteFailed:

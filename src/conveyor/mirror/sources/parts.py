@@ -41,7 +41,9 @@ _DIRECT_FLAG = getattr(os, "O_DIRECT", 0)
 
 
 class PartWriter:
-    """Appends to a part file (creating it, and its folder, if missing).
+    """Appends to a part file that holds ``offset`` bytes (creating it, and its folder, if
+    missing); at offset 0 whatever the file held is dropped, so bytes left by an attempt
+    nobody resumes never precede the new ones.
 
     Chunks are gathered up to :data:`WRITE_BUFFER` and written by one ``writev``: no copy,
     and a small file costs an open, one write and a close. Past :data:`DIRECT_FROM` they
@@ -51,7 +53,7 @@ class PartWriter:
     """
 
     def __init__(self, part: Path, offset: int) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (0 if offset else os.O_TRUNC)
         try:
             self._descriptor = os.open(part, flags, 0o644)
         except FileNotFoundError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -90,7 +91,9 @@ class RsyncSource(Source):
         read back as they land, for the caller's hashes and progress."""
         source = self.location(path)
         part.parent.mkdir(parents=True, exist_ok=True)
-        part.touch()  # followed from the start, before rsync has made it
+        # Followed from the start, before rsync has made it; at offset 0 emptied, as
+        # PartWriter does, so that rsync appends to nothing an earlier attempt left.
+        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o644))
         with tempfile.TemporaryFile() as errors:
             process = subprocess.Popen(
                 [
