@@ -311,6 +311,31 @@ def test_a_part_left_by_an_earlier_run_is_resumed_by_the_next(
     assert not left.exists()
 
 
+def test_a_release_is_not_published_when_its_files_cannot_be_flushed(
+    client: TestClient, runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush runs beside the release's rows; the commit waits for it, and a failed
+    flush leaves no release behind."""
+    root = tmp_path / "remote"
+    root.mkdir()
+    (root / "f.bin").write_bytes(os.urandom(10_000))
+
+    def failing_flush() -> None:
+        time.sleep(0.2)  # the rows are written by then
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(runtime.archive, "sync", failing_flush)
+    with http_server(root, index_style="nginx") as server:
+        _define_http(client, server, "unflushed", remote_files=["**/*"])
+        run = run_mirror(client, "unflushed")
+    assert run["state"] == "failed", run
+    assert "the disk went away" in run["error"]
+    assert run["transaction_id"] is None
+    mirror = client.get("/api/v1/mirrors/unflushed").json()
+    assert mirror["last_release"] is None
+    assert client.get("/api/v1/transactions").json()["transactions"] == []
+
+
 def test_a_sidecar_that_disagrees_fails_the_file_on_the_loop(
     client: TestClient, tmp_path: Path
 ) -> None:
