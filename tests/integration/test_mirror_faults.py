@@ -454,9 +454,18 @@ def _assert_no_work_left_behind(caplog: pytest.LogCaptureFixture) -> None:
     assert lost == []
 
 
+@pytest.mark.parametrize(
+    ("stop", "attempts"),
+    [
+        ("stop_after_attempt(2)", 2),
+        # The first attempt runs before the policy's retry loop is made; its stall (1 s) is
+        # past the policy's 0.5 s all the same, so no second attempt may start.
+        ("stop_after_delay(0.5)", 1),
+    ],
+)
 @pytest.mark.parametrize("kind", ["ftp", "ftp-loop", "http", "http-loop", "sftp", "sftp-loop"])
 def test_a_file_stalling_on_every_attempt_fails_with_the_stall_as_reason(
-    kind: Kind, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    kind: Kind, stop: str, attempts: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with _serve(kind, tmp_path) as served:
         faults = served.info.faults
@@ -464,35 +473,16 @@ def test_a_file_stalling_on_every_attempt_fails_with_the_stall_as_reason(
         wanted = served.wanted(size=len(DATA))
         # The retry resumes at or before 200 000 bytes; the stall armed again catches it.
         sleeps = Sleeps(then=lambda: faults.stall_after.update({NAME: 400_000}))
+        policy = retry_policy(stop, "wait_none")
         with pytest.raises(SourceError) as raised:
-            _fetch(served, wanted, 2, sleep=sleeps)
+            _fetch(served, wanted, 0, sleep=sleeps, policy=policy)
     error = raised.value
     assert "stalled, no data for 1 s" in str(error), str(error)
     assert not error.permanent
-    assert error.attempts == 2
-    assert faults.stall_after == {}  # the second stall fired too
+    assert error.attempts == attempts
+    assert len(sleeps.calls) == attempts - 1
+    assert faults.stall_after == {}  # every stall armed fired
     assert not wanted.target.exists()
-    _assert_no_work_left_behind(caplog)
-
-
-@pytest.mark.parametrize("kind", HTTP_KINDS)
-def test_the_policy_delay_counts_from_the_first_attempt(
-    kind: Kind, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The first attempt runs before the policy's retry loop is made; its stall (1 s) is
-    # past the policy's 0.5 s, so no second attempt may start.
-    with _serve(kind, tmp_path) as served:
-        faults = served.info.faults
-        faults.stall_after[NAME] = 200_000
-        wanted = served.wanted(size=len(DATA))
-        sleeps = Sleeps(then=lambda: faults.stall_after.update({NAME: 400_000}))
-        policy = retry_policy("stop_after_delay(0.5)", "wait_none")
-        with pytest.raises(SourceError) as raised:
-            _fetch(served, wanted, 0, sleep=sleeps, policy=policy)
-    assert "stalled" in str(raised.value)
-    assert raised.value.attempts == 1
-    assert sleeps.calls == []
-    assert faults.stall_after == {}  # the first stall fired
     _assert_no_work_left_behind(caplog)
 
 

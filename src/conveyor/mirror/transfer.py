@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 import tenacity
 from isal.isal_zlib import crc32  # zlib's values, 8x faster (see storage.archive.Crc32)
@@ -127,22 +127,15 @@ def fetch(
     """
     transfer = _Transfer(wanted, attempt_seconds, on_bytes)
     transfer.load()
-    started = time.monotonic()
-    try:
-        _try_once(source, transfer, gate, check_archives)
-        first_failure = None
-    except MirrorError as error:
-        if not _retryable(error):
-            transfer.gave_up(error, 1)
-            raise
-        first_failure = error
     attempts = 1
-    if first_failure is not None:
+    with _FirstAttempt(transfer) as first:
+        _try_once(source, transfer, gate, check_archives)
+    if first.failure is not None:
         retrying = _retrying(policy, sleep)
         try:
             for attempt in retrying:
                 with attempt:
-                    _replay_first(attempt.retry_state, first_failure, started)
+                    first.replay(attempt.retry_state)
                     _try_once(source, transfer, gate, check_archives)
         except MirrorError as error:
             transfer.gave_up(error, _attempts(retrying))
@@ -170,22 +163,15 @@ async def fetch_async(
     """
     transfer = _Transfer(wanted, attempt_seconds, on_bytes)
     await transfer.load_async()
-    started = time.monotonic()
-    try:
-        await _try_once_async(reader, transfer, gate, check_archives)
-        first_failure = None
-    except MirrorError as error:
-        if not _retryable(error):
-            transfer.gave_up(error, 1)
-            raise
-        first_failure = error
     attempts = 1
-    if first_failure is not None:
+    with _FirstAttempt(transfer) as first:
+        await _try_once_async(reader, transfer, gate, check_archives)
+    if first.failure is not None:
         retrying = policy.async_retrying(retry=_RETRYABLE, sleep=sleep)
         try:
             async for attempt in retrying:
                 with attempt:
-                    _replay_first(attempt.retry_state, first_failure, started)
+                    first.replay(attempt.retry_state)
                     await _try_once_async(reader, transfer, gate, check_archives)
         except MirrorError as error:
             transfer.gave_up(error, _attempts(retrying))
@@ -195,17 +181,42 @@ async def fetch_async(
     return transfer.fetched(attempts)
 
 
-def _replay_first(state: tenacity.RetryCallState, first: MirrorError, started: float) -> None:
-    """On the policy loop's first attempt, raise the failure of the attempt made before the
-    loop, as that attempt's own (the loop's clock set back to when it started).
+class _FirstAttempt:
+    """Around a file's first attempt, made outside the policy's retry loop: nearly every
+    file succeeds at once, and tenacity's loop costs about 30 us a file on the event loop
+    (a sixth of what fetching added to a bare transfer of a small file), so only a file
+    whose first attempt failed pays for it.
 
-    The first attempt runs outside the loop: nearly every file succeeds at once, and
-    tenacity's loop costs about 30 us a file on the event loop (a sixth of what fetching
-    adds to a bare transfer of a small file), so only a file that failed pays for it.
+    A failure the policy may retry is kept as :attr:`failure` (not raised); any other ends
+    the file there.
     """
-    if state.attempt_number == 1:
-        state.start_time = started
-        raise first
+
+    def __init__(self, transfer: _Transfer) -> None:
+        self.transfer = transfer
+        self.failure: MirrorError | None = None
+        self.started = time.monotonic()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: object
+    ) -> bool:
+        if not isinstance(error, MirrorError):
+            return False
+        if not _retryable(error):
+            self.transfer.gave_up(error, 1)
+            return False
+        self.failure = error
+        return True
+
+    def replay(self, state: tenacity.RetryCallState) -> None:
+        """On the policy loop's first attempt, raise the kept failure as that attempt's
+        own, the loop's clock set back to when the first attempt started, so that stop
+        and wait conditions count it as they would have."""
+        if state.attempt_number == 1 and self.failure is not None:
+            state.start_time = self.started
+            raise self.failure
 
 
 def _attempts(retrying: tenacity.BaseRetrying) -> int:
