@@ -294,6 +294,16 @@ def test_reads_into_a_part_file_resuming_it(source: Source, tmp_path: Path, offs
     assert part.read_bytes() == BIG
 
 
+def test_reading_into_a_part_from_its_start_drops_what_it_held(
+    source: Source, tmp_path: Path
+) -> None:
+    # A part nobody resumes (offset 0) must not keep bytes an earlier attempt left.
+    part = tmp_path / "gamma.bin.part"
+    part.write_bytes(b"left by an attempt nobody resumed\n" * 1000)
+    assert read_into(source, "sub/gamma.bin", part, 0) == BIG
+    assert part.read_bytes() == BIG
+
+
 @pytest.mark.parametrize("offset", [0, 262_144])
 def test_reads_into_a_part_file_sending_spans_to_disk_on_the_way(
     source: Source, tmp_path: Path, offset: int, monkeypatch: pytest.MonkeyPatch

@@ -133,7 +133,9 @@ class _Control:
     ) -> _Control:
         """A new control connection (secured with ``context`` at login), not yet logged in,
         its operations watched by ``watchdog``."""
-        reader, writer = await _connect(spec, spec.host, spec.port(21), limit=MAX_LINE)
+        reader, writer = await _connecting(
+            spec, asyncio.open_connection(spec.host, spec.port(21), limit=MAX_LINE)
+        )
         apply_keepalive(writer.get_extra_info("socket"), spec.options.tcp_keepalive)
         return cls(spec, context, reader, writer, watchdog)
 
@@ -298,11 +300,6 @@ class _DataConnection(asyncio.Protocol):
         self._error = exc
         self._wake()
 
-    @property
-    def held(self) -> int:
-        """How many received bytes wait to be taken."""
-        return self._held
-
     async def received(self) -> list[bytes]:
         """The pieces received since the last call, waiting for one; none at the end."""
         if not self._pieces and not self._ended:
@@ -332,13 +329,6 @@ class _DataConnection(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-
-
-async def _connect(
-    spec: SourceSpec, host: str, port: int, *, limit: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A control connection as a stream pair."""
-    return await _connecting(spec, asyncio.open_connection(host, port, limit=limit))
 
 
 async def _connecting(spec: SourceSpec, connecting: Awaitable[T]) -> T:
