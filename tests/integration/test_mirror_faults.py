@@ -332,6 +332,32 @@ def test_a_part_left_by_an_earlier_run_is_resumed(kind: Kind, tmp_path: Path) ->
     assert _starts(kind, requests) == [100_000]
 
 
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop", "http", "http-loop", "sftp", "sftp-loop"])
+def test_a_whole_part_left_by_an_earlier_run_is_checked_without_a_transfer(
+    kind: Kind, tmp_path: Path
+) -> None:
+    with _serve(kind, tmp_path) as served:
+        wanted = served.wanted(size=len(DATA))
+        _part(wanted).parent.mkdir(parents=True)
+        _part(wanted).write_bytes(DATA)
+        result = _fetch(served, wanted, 1)
+        requests = list(served.info.faults.requests)
+    _assert_whole(result, wanted)
+    assert (result.attempts, result.resumed) == (1, 1)
+    assert _starts(kind, requests) == []
+
+
+@pytest.mark.parametrize("kind", ["ftp", "ftp-loop", "http", "http-loop", "sftp", "sftp-loop"])
+def test_an_empty_file_is_fetched_as_an_empty_file(kind: Kind, tmp_path: Path) -> None:
+    with _serve(kind, tmp_path) as served:
+        (served.root / "empty.dat").write_bytes(b"")
+        wanted = served.wanted("empty.dat", size=0)
+        result = _fetch(served, wanted, 1)
+    assert (result.size, result.sha256) == (0, hashlib.sha256(b"").hexdigest())
+    assert wanted.target.read_bytes() == b""
+    assert not _part(wanted).exists()
+
+
 @pytest.mark.parametrize("kind", ["http", "http-loop"])
 def test_a_server_ignoring_the_range_resumes_with_the_bytes_already_held_skipped(
     kind: Kind, tmp_path: Path

@@ -29,7 +29,7 @@ from conveyor.mirror.gate import HostGate
 from conveyor.mirror.integrity import CorruptFile, check_archive
 from conveyor.mirror.retry import RetryPolicy
 from conveyor.mirror.sources.base import AsyncReader, Source
-from conveyor.mirror.sources.parts import PartWriter
+from conveyor.mirror.sources.parts import PartWriter, open_part
 
 PART_SUFFIX = ".part"
 HASH_CHUNK = 1024 * 1024
@@ -272,6 +272,11 @@ class _Transfer:
         """Whether the part is still shorter than the listed size (or the size is unknown)."""
         return self.wanted.size is None or self.digests.size < self.wanted.size
 
+    def make_part(self) -> None:
+        """Make the part when nothing is left to read (an empty file, or a whole one left by
+        an earlier attempt): the file is still checked and handed over."""
+        os.close(open_part(self.part, self.digests.size))
+
     def take(self, chunk: bytes | memoryview) -> None:
         """Count a chunk that reached the part."""
         self.digests.update(chunk)
@@ -333,7 +338,7 @@ def _try_once(source: Source, transfer: _Transfer, gate: HostGate, check_archive
                 for chunk in source.read_into(transfer.wanted.path, transfer.part, offset):
                     transfer.take(chunk)
             else:
-                _create(transfer.part)  # nothing to read, and the file is still checked
+                transfer.make_part()
             transfer.ended()
         transfer.check(check_archives)
     except CorruptFile:
@@ -352,7 +357,7 @@ async def _try_once_async(
                 if transfer.wants_more:
                     await _stream(reader, transfer)  # which creates the part
                 else:
-                    _create(transfer.part)
+                    transfer.make_part()
                 transfer.ended()
         if transfer.digests.size >= OFFLOAD_BYTES:  # an archive check reads it all
             await asyncio.to_thread(transfer.check, check_archives)
@@ -423,17 +428,3 @@ def holds_parts(folder: Path) -> bool:
             elif entry.name.endswith(PART_SUFFIX):
                 return True
     return False
-
-
-def _create(part: Path) -> None:
-    """Create ``part`` if missing, and its folder the first time one is missing.
-
-    Plain calls, not ``mkdir(exist_ok=True)`` and ``touch()``: each system call lets another
-    transfer thread take the interpreter, and a run of small files makes thousands.
-    """
-    flags = os.O_CREAT | os.O_WRONLY
-    try:
-        os.close(os.open(part, flags, 0o644))
-    except FileNotFoundError:
-        part.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(part, flags, 0o644))

@@ -40,10 +40,24 @@ WRITEBACK_SPAN = 32 * 1024 * 1024
 _DIRECT_FLAG = getattr(os, "O_DIRECT", 0)
 
 
-class PartWriter:
-    """Appends to a part file that holds ``offset`` bytes (creating it, and its folder, if
-    missing); at offset 0 whatever the file held is dropped, so bytes left by an attempt
+def open_part(part: Path, offset: int, flags: int = 0) -> int:
+    """A descriptor writing ``part``, which holds ``offset`` bytes, made (with its folder)
+    when missing; at offset 0 whatever it held is dropped, so bytes left by an attempt
     nobody resumes never precede the new ones.
+
+    Plain calls, not ``mkdir(exist_ok=True)`` first: the folder is made only when the open
+    finds it missing, and a run of small files opens thousands of parts.
+    """
+    flags |= os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC)
+    try:
+        return os.open(part, flags, 0o644)
+    except FileNotFoundError:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(part, flags, 0o644)
+
+
+class PartWriter:
+    """Appends to a part file that holds ``offset`` bytes, opened by :func:`open_part`.
 
     Chunks are gathered up to :data:`WRITE_BUFFER` and written by one ``writev``: no copy,
     and a small file costs an open, one write and a close. Past :data:`DIRECT_FROM` they
@@ -53,12 +67,7 @@ class PartWriter:
     """
 
     def __init__(self, part: Path, offset: int) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (0 if offset else os.O_TRUNC)
-        try:
-            self._descriptor = os.open(part, flags, 0o644)
-        except FileNotFoundError:
-            part.parent.mkdir(parents=True, exist_ok=True)
-            self._descriptor = os.open(part, flags, 0o644)
+        self._descriptor = open_part(part, offset, os.O_APPEND)
         self._gathered: list[bytes | memoryview] = []
         self._gathered_size = 0
         self._received: bytearray | None = None  # the buffer receive() fills, made on demand

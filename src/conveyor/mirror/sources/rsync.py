@@ -16,6 +16,7 @@ from pathlib import Path
 from conveyor.mirror.entries import RemoteEntry
 from conveyor.mirror.errors import SourceError, stalled
 from conveyor.mirror.sources.base import READ_CHUNK, Source, join_remote, register
+from conveyor.mirror.sources.parts import open_part
 
 # rsync --list-only: permissions, size (with thousands separators), date, time, name.
 LIST_LINE = re.compile(
@@ -90,10 +91,9 @@ class RsyncSource(Source):
         file is resumed, never copied through a scratch folder); the bytes it writes are
         read back as they land, for the caller's hashes and progress."""
         source = self.location(path)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        # Followed from the start, before rsync has made it; at offset 0 emptied, as
-        # PartWriter does, so that rsync appends to nothing an earlier attempt left.
-        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o644))
+        # Followed from the start, before rsync has made it (and at offset 0 emptied, so
+        # that rsync appends to nothing an earlier attempt left).
+        os.close(open_part(part, offset))
         with tempfile.TemporaryFile() as errors:
             process = subprocess.Popen(
                 [
