@@ -8,7 +8,9 @@ protocol and data set: `rclone copy --transfers 4`, `lftp mirror --parallel=4` (
 HTTP), and a Conveyor mirror run with 4 threads on the embedded default (`conveyor serve`),
 timed from the run request until the release is published, archive writes included. Beside
 rclone alone, rclone followed by what Conveyor does beyond copying (sha256 of every file, a
-flush to disk before publishing) shows the cost of the same work, and `floor.py` (FTP and
+flush to disk before publishing) shows the cost of the same work done after the copy,
+`rclone hashsum sha256 --download` rclone computing those digests as it downloads (writing
+nothing), and `floor.py` (FTP and
 HTTP) what a bare threaded Python client reaches on this machine (over HTTP also with 4
 connections on one asyncio loop instead of 4 threads).
 Before each client, dirty pages are flushed, the page cache dropped (as root) and the
@@ -180,10 +182,27 @@ def hashed_and_synced(dest: Path) -> float:
 
 def rclone(protocol: str, info: Served, dest: Path, known_hosts: Path) -> float:
     """`rclone copy` of the whole tree with 4 transfers."""
+    # rclone's multi-thread download of one large FTP file closes data connections early,
+    # which pyftpdlib answers with 426 and rclone 1.60 counts as a failure: one stream a file.
+    streams = ["--multi-thread-streams", "0"] if protocol == "ftp" else []
+    command = ["rclone", "copy", "--transfers", str(THREADS), *streams, "--config", "/dev/null"]
+    return timed([*command, rclone_remote(protocol, info, known_hosts), str(dest)], info.root)
+
+
+def rclone_hashing(protocol: str, info: Served, known_hosts: Path) -> float:
+    """`rclone hashsum sha256 --download`: rclone computing, as it downloads every file with
+    4 transfers, the sha256 Conveyor computes (the bytes are not written)."""
+    command = ["rclone", "hashsum", "sha256", "--download", "--config", "/dev/null"]
+    parallel = ["--checkers", str(THREADS), "--transfers", str(THREADS)]
+    return timed([*command, *parallel, rclone_remote(protocol, info, known_hosts)], info.root)
+
+
+def rclone_remote(protocol: str, info: Served, known_hosts: Path) -> str:
+    """The served tree as an rclone remote given on the command line."""
     password = subprocess.run(
         ["rclone", "obscure", info.password or ""], check=True, capture_output=True, text=True
     ).stdout.strip()
-    remote = {
+    return {
         "ftp": f":ftp,host={info.host},port={info.port},user={info.user},pass={password}:/",
         "http": f":http,url='http://{info.host}:{info.port}/':",
         "sftp": (
@@ -191,11 +210,6 @@ def rclone(protocol: str, info: Served, dest: Path, known_hosts: Path) -> float:
             f"known_hosts_file={known_hosts}:/"
         ),
     }[protocol]
-    # rclone's multi-thread download of one large FTP file closes data connections early,
-    # which pyftpdlib answers with 426 and rclone 1.60 counts as a failure: one stream a file.
-    streams = ["--multi-thread-streams", "0"] if protocol == "ftp" else []
-    command = ["rclone", "copy", "--transfers", str(THREADS), *streams, "--config", "/dev/null"]
-    return timed([*command, remote, str(dest)], info.root)
 
 
 def python_floor(protocol: str, info: Served, tree: Path, dest: Path) -> float:
@@ -300,6 +314,7 @@ class Row(NamedTuple):
 
     rclone: float
     rclone_plus: float  # rclone, then Conveyor's extra work (hashing, a flush)
+    rclone_hashing: float  # rclone hashing every file as it downloads it, writing nothing
     lftp: float  # FTP and HTTP
     floor: float  # the bare Python client, FTP and HTTP
     async_floor: float  # its asyncio form, HTTP
@@ -307,6 +322,7 @@ class Row(NamedTuple):
     first_run: float  # the first run of a fresh process
     vs_rclone: float  # rclone over Conveyor, round by round
     vs_rclone_plus: float
+    vs_rclone_hashing: float
     peak_rss: float
 
 
@@ -345,6 +361,7 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
         clients: dict[str, Callable[[int], float]] = {
             "rclone": lambda n: rclone(protocol, info, fresh(f"rclone{n}"), known),
             "rclone_plus": equal_work,
+            "rclone_hashing": lambda n: rclone_hashing(protocol, info, known),
             "conveyor": lambda n: conveyor_once(n, warm=True),
             "first_run": lambda n: conveyor_once(n, warm=False),
         }
@@ -370,9 +387,10 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
         )
 
     return Row(
-        *(median(name) for name in Row._fields[:7]),
+        *(median(name) for name in Row._fields[:8]),
         ratio("rclone"),
         ratio("rclone_plus"),
+        ratio("rclone_hashing"),
         max(peaks),
     )
 
@@ -391,9 +409,10 @@ def main() -> None:
     # The loopback servers log every command at INFO; only the figures matter here.
     logging.disable(logging.INFO)
     print(
-        f"{'set':18} {'proto':5} {'rclone s':>9} {'+hash+sync s':>12} {'lftp s':>7} "
-        f"{'python s':>8} {'async s':>7} {'conveyor s':>10} {'1st run s':>9} {'vs rclone':>9} "
-        f"{'vs +hash':>8} {'vs python':>9} {'1st vs rclone':>13} {'MB/s':>6} {'RSS MB':>7}"
+        f"{'set':18} {'proto':5} {'rclone s':>9} {'+hash+sync s':>12} {'hashsum s':>9} "
+        f"{'lftp s':>7} {'python s':>8} {'async s':>7} {'conveyor s':>10} {'1st run s':>9} "
+        f"{'vs rclone':>9} {'vs +hash':>8} {'vs hashsum':>10} {'vs python':>9} "
+        f"{'1st vs rclone':>13} {'MB/s':>6} {'RSS MB':>7}"
     )
     for label, (count, size) in SETS.items():
         tree = make_files(work / f"set-{count}", count, size)
@@ -403,8 +422,9 @@ def main() -> None:
             ours = row.conveyor
             print(
                 f"{label:18} {protocol:5} {row.rclone:9.2f} {row.rclone_plus:12.2f} "
-                f"{row.lftp:7.2f} {row.floor:8.2f} {row.async_floor:7.2f} {ours:10.2f} "
-                f"{row.first_run:9.2f} {row.vs_rclone:9.2f} {row.vs_rclone_plus:8.2f} "
+                f"{row.rclone_hashing:9.2f} {row.lftp:7.2f} {row.floor:8.2f} "
+                f"{row.async_floor:7.2f} {ours:10.2f} {row.first_run:9.2f} "
+                f"{row.vs_rclone:9.2f} {row.vs_rclone_plus:8.2f} {row.vs_rclone_hashing:10.2f} "
                 f"{row.floor / ours:9.2f} {row.rclone / row.first_run:13.2f} "
                 f"{total_mb / ours:6.0f} {row.peak_rss:7.0f}"
             )
