@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -86,6 +87,32 @@ class Served:
     user: str | None
     password: str | None
     known_hosts_line: str | None
+    pid: int  # the server's process, whose CPU time each client's run is charged
+
+
+class Timing(NamedTuple):
+    """One client's run: seconds, and the CPU seconds (user and system) it and the
+    loopback server used meanwhile."""
+
+    seconds: float
+    client_cpu: float
+    server_cpu: float
+
+    def __add__(self, other: object) -> Timing:
+        assert isinstance(other, Timing)
+        return Timing(*(mine + theirs for mine, theirs in zip(self, other, strict=True)))
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """The CPU time of this process's children that have ended and been waited for."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 @contextmanager
@@ -102,7 +129,8 @@ def serve(protocol: str, root: Path) -> Iterator[Served]:
     process = context.Process(target=_serve_until, args=(protocol, root, answers, stop))
     process.start()
     try:
-        yield Served(**answers.get(timeout=120))
+        assert process.pid is not None  # started
+        yield Served(**answers.get(timeout=120), pid=process.pid)
     finally:
         stop.set()
         process.join(30)
@@ -153,19 +181,23 @@ def settle(tree: Path) -> None:
                     pass
 
 
-def timed(command: list[str], tree: Path) -> float:
-    """Seconds for a command to finish (it must succeed), after :func:`settle`."""
-    settle(tree)
-    started = time.perf_counter()
+def timed(command: list[str], info: Served) -> Timing:
+    """A command run to its end (it must succeed) after :func:`settle`."""
+    settle(info.root)
+    started, server, children = time.perf_counter(), cpu_seconds(info.pid), children_cpu_seconds()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    return Timing(
+        time.perf_counter() - started,
+        children_cpu_seconds() - children,
+        cpu_seconds(info.pid) - server,
+    )
 
 
-def hashed_and_synced(dest: Path) -> float:
+def hashed_and_synced(dest: Path) -> Timing:
     """What Conveyor does beyond the copy, done to rclone's copy: sha256 of every file by
     OpenSSL (the implementation Conveyor uses), the files shared out to 4 processes as to
     Conveyor's 4 threads, then a flush to disk before it publishes."""
-    started = time.perf_counter()
+    started, children = time.perf_counter(), children_cpu_seconds()
     files = sorted(str(path) for path in dest.rglob("*") if path.is_file())
     hashers = [
         subprocess.Popen(
@@ -177,24 +209,24 @@ def hashed_and_synced(dest: Path) -> float:
         if hasher.wait() != 0:
             raise RuntimeError("openssl dgst failed")
     os.sync()
-    return time.perf_counter() - started
+    return Timing(time.perf_counter() - started, children_cpu_seconds() - children, 0.0)
 
 
-def rclone(protocol: str, info: Served, dest: Path, known_hosts: Path) -> float:
+def rclone(protocol: str, info: Served, dest: Path, known_hosts: Path) -> Timing:
     """`rclone copy` of the whole tree with 4 transfers."""
     # rclone's multi-thread download of one large FTP file closes data connections early,
     # which pyftpdlib answers with 426 and rclone 1.60 counts as a failure: one stream a file.
     streams = ["--multi-thread-streams", "0"] if protocol == "ftp" else []
     command = ["rclone", "copy", "--transfers", str(THREADS), *streams, "--config", "/dev/null"]
-    return timed([*command, rclone_remote(protocol, info, known_hosts), str(dest)], info.root)
+    return timed([*command, rclone_remote(protocol, info, known_hosts), str(dest)], info)
 
 
-def rclone_hashing(protocol: str, info: Served, known_hosts: Path) -> float:
+def rclone_hashing(protocol: str, info: Served, known_hosts: Path) -> Timing:
     """`rclone hashsum sha256 --download`: rclone computing, as it downloads every file with
     4 transfers, the sha256 Conveyor computes (the bytes are not written)."""
     command = ["rclone", "hashsum", "sha256", "--download", "--config", "/dev/null"]
     parallel = ["--checkers", str(THREADS), "--transfers", str(THREADS)]
-    return timed([*command, *parallel, rclone_remote(protocol, info, known_hosts)], info.root)
+    return timed([*command, *parallel, rclone_remote(protocol, info, known_hosts)], info)
 
 
 def rclone_remote(protocol: str, info: Served, known_hosts: Path) -> str:
@@ -212,30 +244,31 @@ def rclone_remote(protocol: str, info: Served, known_hosts: Path) -> str:
     }[protocol]
 
 
-def python_floor(protocol: str, info: Served, tree: Path, dest: Path) -> float:
+def python_floor(protocol: str, info: Served, tree: Path, dest: Path) -> Timing:
     """`floor.py`: the known files fetched by 4 bare ftplib or urllib3 threads (or, for
     ``http-async``, 4 aiohttp connections on one event loop), no more."""
     listing = dest.parent / f"{dest.name}.list"
     listing.write_text("\n".join(sorted(str(p.relative_to(tree)) for p in tree.rglob("*.bin"))))
     command = [sys.executable, str(FLOOR), protocol, info.host, str(info.port)]
     command += [info.user or "", info.password or "", str(listing), str(dest)]
-    return timed(command, info.root)
+    return timed(command, info)
 
 
-def lftp(protocol: str, info: Served, dest: Path) -> float:
+def lftp(protocol: str, info: Served, dest: Path) -> Timing:
     """`lftp mirror --parallel=4` of the whole tree."""
     if protocol == "ftp":
         script = f"open -u {info.user},{info.password} -p {info.port} {info.host}; "
     else:
         script = f"open http://{info.host}:{info.port}/; "
     script += f"mirror --parallel={THREADS} / {dest}; quit"
-    return timed(["lftp", "-c", script], info.root)
+    return timed(["lftp", "-c", script], info)
 
 
 def conveyor(
-    url: str, protocol: str, info: Served, known_hosts: Path, name: str, warm: bool
-) -> float:
-    """A mirror run from the request until its release is published.
+    service: tuple[str, int], protocol: str, info: Served, known_hosts: Path, name: str, warm: bool
+) -> Timing:
+    """A mirror run of the service at ``service`` (its URL and process), from the request
+    until its release is published; the service's CPU time is the client's.
 
     With ``warm``, a run that selects no file goes first on the same server (it fails at
     its listing): the timed run then meets a service that has run a mirror of this
@@ -259,6 +292,7 @@ def conveyor(
         "release": {"format": f"{name}-%Y%m%d%H%M%S"},
     }
     # One client for every request: making one costs 16 ms of CPU (its TLS context).
+    url, pid = service
     with httpx.Client(base_url=url, timeout=WAIT_SECONDS + 30) as client:
         if warm:
             warm_up = {**definition, "name": f"{name}-warm", "remote_files": ["^no-such-file$"]}
@@ -268,12 +302,16 @@ def conveyor(
                 raise RuntimeError(f"the warm-up run did not fail as meant: {run}")
         _define(client, definition)
         settle(info.root)
-        started = time.perf_counter()
+        started, spent, server = time.perf_counter(), cpu_seconds(pid), cpu_seconds(info.pid)
         run = _finished(client, name)
-        elapsed = time.perf_counter() - started
+        timing = Timing(
+            time.perf_counter() - started,
+            cpu_seconds(pid) - spent,
+            cpu_seconds(info.pid) - server,
+        )
     if run["state"] != "published":
         raise RuntimeError(f"mirror run failed: {run}")
-    return elapsed
+    return timing
 
 
 def _define(client: httpx.Client, definition: dict[str, Any]) -> None:
@@ -293,16 +331,19 @@ def _finished(client: httpx.Client, name: str) -> dict[str, Any]:
     return run
 
 
-def fresh_conveyor(data_dir: Path, run: Callable[[str], float]) -> tuple[float, float]:
-    """``run`` against a new `conveyor serve` with an empty archive in ``data_dir`` (a blob
-    already held would be deduplicated, and its bytes never written); seconds and the
-    server's peak RSS. The folder is kept until the caller is done with every client: ext4
-    makes each new file look past the inodes freed in the last 30 s or so, so deleting one
-    run's files just before the next (rclone's copies are kept the same way) costs it."""
+def fresh_conveyor(
+    data_dir: Path, run: Callable[[tuple[str, int]], Timing]
+) -> tuple[Timing, float]:
+    """``run`` against a new `conveyor serve` (its URL and process) with an empty archive in
+    ``data_dir`` (a blob already held would be deduplicated, and its bytes never written);
+    its timing and the server's peak RSS. The folder is kept until the caller is done with
+    every client: ext4 makes each new file look past the inodes freed in the last 30 s or
+    so, so deleting one run's files just before the next (rclone's copies are kept the same
+    way) costs it."""
     shutil.rmtree(data_dir, ignore_errors=True)
     server = start_server(data_dir, PORT)
     try:
-        return run(f"http://127.0.0.1:{PORT}"), peak_rss_mb(server.pid)
+        return run((f"http://127.0.0.1:{PORT}", server.pid)), peak_rss_mb(server.pid)
     finally:
         server.terminate()
         server.wait()
@@ -310,7 +351,8 @@ def fresh_conveyor(data_dir: Path, run: Callable[[str], float]) -> tuple[float, 
 
 class Row(NamedTuple):
     """Median seconds of each client on one server, the median of the rounds' ratios of
-    rclone to Conveyor, and Conveyor's highest peak RSS."""
+    rclone to Conveyor, Conveyor's highest peak RSS, and the median CPU seconds of each
+    client and of the server while it ran."""
 
     rclone: float
     rclone_plus: float  # rclone, then Conveyor's extra work (hashing, a flush)
@@ -324,6 +366,7 @@ class Row(NamedTuple):
     vs_rclone_plus: float
     vs_rclone_hashing: float
     peak_rss: float
+    cpu: dict[str, tuple[float, float]]  # client: (its CPU s, the server's CPU s)
 
 
 def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
@@ -345,20 +388,20 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
             dest.mkdir(parents=True)
             return dest
 
-        def equal_work(number: int) -> float:
+        def equal_work(number: int) -> Timing:
             dest = fresh(f"rclone-hashed{number}")
             return rclone(protocol, info, dest, known) + hashed_and_synced(dest)
 
-        def conveyor_once(number: int, warm: bool) -> float:
+        def conveyor_once(number: int, warm: bool) -> Timing:
             name = f"{protocol}-{'warm' if warm else 'cold'}-{number}"
-            seconds, peak = fresh_conveyor(
+            timing, peak = fresh_conveyor(
                 work / "dest" / name,
-                lambda url: conveyor(url, protocol, info, known, name, warm),
+                lambda service: conveyor(service, protocol, info, known, name, warm),
             )
             peaks.append(peak)
-            return seconds
+            return timing
 
-        clients: dict[str, Callable[[int], float]] = {
+        clients: dict[str, Callable[[int], Timing]] = {
             "rclone": lambda n: rclone(protocol, info, fresh(f"rclone{n}"), known),
             "rclone_plus": equal_work,
             "rclone_hashing": lambda n: rclone_hashing(protocol, info, known),
@@ -372,11 +415,12 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
         if protocol != "sftp":
             clients["lftp"] = lambda n: lftp(protocol, info, fresh(f"lftp{n}"))
             clients["floor"] = lambda n: python_floor(protocol, info, tree, fresh(f"floor{n}"))
-        times: dict[str, list[float]] = {name: [] for name in clients}
+        timings: dict[str, list[Timing]] = {name: [] for name in clients}
         for number in range(repeat):
             for name, once in clients.items():
-                times[name].append(once(number))
+                timings[name].append(once(number))
     forget(work / "dest")
+    times = {name: [timing.seconds for timing in runs] for name, runs in timings.items()}
 
     def median(name: str) -> float:
         return statistics.median(times[name]) if name in times else float("nan")
@@ -386,12 +430,22 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
             theirs / ours for theirs, ours in zip(times[name], times["conveyor"], strict=True)
         )
 
+    cpu = {
+        name: (
+            statistics.median(timing.client_cpu for timing in runs),
+            statistics.median(timing.server_cpu for timing in runs),
+        )
+        for name, runs in timings.items()
+    }
+
+    medians = {name: median(name) for name in Row._fields[:8]}
     return Row(
-        *(median(name) for name in Row._fields[:8]),
-        ratio("rclone"),
-        ratio("rclone_plus"),
-        ratio("rclone_hashing"),
-        max(peaks),
+        **medians,
+        vs_rclone=ratio("rclone"),
+        vs_rclone_plus=ratio("rclone_plus"),
+        vs_rclone_hashing=ratio("rclone_hashing"),
+        peak_rss=max(peaks),
+        cpu=cpu,
     )
 
 
@@ -414,11 +468,13 @@ def main() -> None:
         f"{'vs rclone':>9} {'vs +hash':>8} {'vs hashsum':>10} {'vs python':>9} "
         f"{'1st vs rclone':>13} {'MB/s':>6} {'RSS MB':>7}"
     )
+    rows: list[tuple[str, str, Row]] = []
     for label, (count, size) in SETS.items():
         tree = make_files(work / f"set-{count}", count, size)
         total_mb = count * size / MIB
         for protocol in ("ftp", "http", "sftp"):
             row = compare(protocol, tree, work, repeat)
+            rows.append((label, protocol, row))
             ours = row.conveyor
             print(
                 f"{label:18} {protocol:5} {row.rclone:9.2f} {row.rclone_plus:12.2f} "
@@ -428,6 +484,18 @@ def main() -> None:
                 f"{row.floor / ours:9.2f} {row.rclone / row.first_run:13.2f} "
                 f"{total_mb / ours:6.0f} {row.peak_rss:7.0f}"
             )
+    print_cpu(rows)
+
+
+def print_cpu(rows: list[tuple[str, str, Row]]) -> None:
+    """Median CPU seconds of each client and of the loopback server during its runs: with
+    two cores, a client whose CPU time and the server's add up to about twice its seconds
+    was bound by the CPU, not by waiting."""
+    clients = ("rclone", "rclone_plus", "rclone_hashing", "conveyor")
+    print(f"\nCPU s, client + server: {', '.join(clients)}")
+    for label, protocol, row in rows:
+        spent = (f"{row.cpu[name][0]:.2f} + {row.cpu[name][1]:.2f}" for name in clients)
+        print(f"{label:18} {protocol:5} " + " | ".join(f"{cell:>13}" for cell in spent))
 
 
 if __name__ == "__main__":
