@@ -10,9 +10,11 @@ timed from the run request until the release is published, archive writes includ
 rclone alone, rclone followed by what Conveyor does beyond copying (sha256 of every file, a
 flush to disk before publishing) shows the cost of the same work done after the copy,
 `rclone hashsum sha256 --download` rclone computing those digests as it downloads (writing
-nothing), and `floor.py` (FTP and
-HTTP) what a bare threaded Python client reaches on this machine (over HTTP also with 4
-connections on one asyncio loop instead of 4 threads).
+nothing), `floor.py` (FTP and HTTP) what a bare threaded Python client reaches on this
+machine (over HTTP also with 4 connections on one asyncio loop instead of 4 threads), and
+`core.py` Conveyor's transfer path alone (the run's own fetching, hashing, checks and
+archive renames, without the service: no listing, database or flush), which tells the
+service's share of a run from the transfers'.
 Before each client, dirty pages are flushed, the page cache dropped (as root) and the
 served tree read back in: every client starts with the source cached and nothing else.
 The clients run in rounds, each client once per round, and each ratio is the median of
@@ -59,6 +61,7 @@ PORT = 18200
 EXT4_RECENTLY_DELETED_SECONDS = 65
 WAIT_SECONDS = 60  # the longest the API lets a request wait for a run
 FLOOR = Path(__file__).with_name("floor.py")
+CORE = Path(__file__).with_name("core.py")
 
 
 def make_files(root: Path, count: int, size: int) -> Path:
@@ -254,6 +257,21 @@ def python_floor(protocol: str, info: Served, tree: Path, dest: Path) -> Timing:
     return timed(command, info)
 
 
+def conveyor_core(protocol: str, info: Served, tree: Path, dest: Path, known_hosts: Path) -> Timing:
+    """`core.py`: the known files through Conveyor's transfer path alone (no service, no
+    listing, database or flush), timed by the process itself from after its imports."""
+    listing = dest.parent / f"{dest.name}.list"
+    files = sorted(tree.rglob("*.bin"))
+    listing.write_text("".join(f"{p.relative_to(tree)}\t{p.stat().st_size}\n" for p in files))
+    command = [sys.executable, str(CORE), protocol, info.host, str(info.port)]
+    command += [info.user or "", info.password or "", str(known_hosts), str(listing), str(dest)]
+    settle(info.root)
+    server = cpu_seconds(info.pid)
+    answer = subprocess.run(command, check=True, capture_output=True, text=True)
+    seconds, spent = (float(figure) for figure in answer.stdout.split())
+    return Timing(seconds, spent, cpu_seconds(info.pid) - server)
+
+
 def lftp(protocol: str, info: Served, dest: Path) -> Timing:
     """`lftp mirror --parallel=4` of the whole tree."""
     if protocol == "ftp":
@@ -361,11 +379,13 @@ class Row(NamedTuple):
     lftp: float  # FTP and HTTP
     floor: float  # the bare Python client, FTP and HTTP
     async_floor: float  # its asyncio form, HTTP
+    core: float  # Conveyor's transfer path alone
     conveyor: float  # a running service
     first_run: float  # the first run of a fresh process
     vs_rclone: float  # rclone over Conveyor, round by round
     vs_rclone_plus: float
     vs_rclone_hashing: float
+    core_vs_rclone: float  # rclone over the transfer path alone
     peak_rss: float
     cpu: dict[str, tuple[float, float]]  # client: (its CPU s, the server's CPU s)
 
@@ -406,6 +426,7 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
             "rclone": lambda n: rclone(protocol, info, fresh(f"rclone{n}"), known),
             "rclone_plus": equal_work,
             "rclone_hashing": lambda n: rclone_hashing(protocol, info, known),
+            "core": lambda n: conveyor_core(protocol, info, tree, fresh(f"core{n}"), known),
             "conveyor": lambda n: conveyor_once(n, warm=True),
             "first_run": lambda n: conveyor_once(n, warm=False),
         }
@@ -426,9 +447,9 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
     def median(name: str) -> float:
         return statistics.median(times[name]) if name in times else float("nan")
 
-    def ratio(name: str) -> float:
+    def ratio(name: str, of: str = "conveyor") -> float:
         return statistics.median(
-            theirs / ours for theirs, ours in zip(times[name], times["conveyor"], strict=True)
+            theirs / ours for theirs, ours in zip(times[name], times[of], strict=True)
         )
 
     cpu = {
@@ -439,12 +460,13 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
         for name, runs in timings.items()
     }
 
-    medians = {name: median(name) for name in Row._fields[:8]}
+    medians = {name: median(name) for name in Row._fields[:9]}
     return Row(
         **medians,
         vs_rclone=ratio("rclone"),
         vs_rclone_plus=ratio("rclone_plus"),
         vs_rclone_hashing=ratio("rclone_hashing"),
+        core_vs_rclone=ratio("rclone", of="core"),
         peak_rss=max(peaks),
         cpu=cpu,
     )
@@ -465,8 +487,9 @@ def main() -> None:
     logging.disable(logging.INFO)
     print(
         f"{'set':18} {'proto':5} {'rclone s':>9} {'+hash+sync s':>12} {'hashsum s':>9} "
-        f"{'lftp s':>7} {'python s':>8} {'async s':>7} {'conveyor s':>10} {'1st run s':>9} "
-        f"{'vs rclone':>9} {'vs +hash':>8} {'vs hashsum':>10} {'vs python':>9} "
+        f"{'lftp s':>7} {'python s':>8} {'async s':>7} {'core s':>6} {'conveyor s':>10} "
+        f"{'1st run s':>9} {'vs rclone':>9} {'vs +hash':>8} {'vs hashsum':>10} "
+        f"{'core vs rclone':>14} {'vs python':>9} "
         f"{'1st vs rclone':>13} {'MB/s':>6} {'RSS MB':>7}"
     )
     rows: list[tuple[str, str, Row]] = []
@@ -480,9 +503,10 @@ def main() -> None:
             print(
                 f"{label:18} {protocol:5} {row.rclone:9.2f} {row.rclone_plus:12.2f} "
                 f"{row.rclone_hashing:9.2f} {row.lftp:7.2f} {row.floor:8.2f} "
-                f"{row.async_floor:7.2f} {ours:10.2f} {row.first_run:9.2f} "
+                f"{row.async_floor:7.2f} {row.core:6.2f} {ours:10.2f} {row.first_run:9.2f} "
                 f"{row.vs_rclone:9.2f} {row.vs_rclone_plus:8.2f} {row.vs_rclone_hashing:10.2f} "
-                f"{row.floor / ours:9.2f} {row.rclone / row.first_run:13.2f} "
+                f"{row.core_vs_rclone:14.2f} {row.floor / ours:9.2f} "
+                f"{row.rclone / row.first_run:13.2f} "
                 f"{total_mb / ours:6.0f} {row.peak_rss:7.0f}"
             )
     print_cpu(rows)
@@ -492,7 +516,7 @@ def print_cpu(rows: list[tuple[str, str, Row]]) -> None:
     """Median CPU seconds of each client and of the loopback server during its runs: with
     two cores, a client whose CPU time and the server's add up to about twice its seconds
     was bound by the CPU, not by waiting."""
-    clients = ("rclone", "rclone_plus", "rclone_hashing", "conveyor")
+    clients = ("rclone", "rclone_plus", "rclone_hashing", "core", "conveyor")
     print(f"\nCPU s, client + server: {', '.join(clients)}")
     for label, protocol, row in rows:
         spent = (f"{row.cpu[name][0]:.2f} + {row.cpu[name][1]:.2f}" for name in clients)
