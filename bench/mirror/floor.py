@@ -9,6 +9,8 @@ both already among Conveyor's locked dependencies): one thread, so no interprete
 handed between transfer threads around every system call.
 
     python bench/mirror/floor.py PROTOCOL HOST PORT USER PASSWORD LIST DEST
+
+LIST holds one ``path<TAB>size`` line a file (the size is not used here).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def http_async(host: str, port: int, paths: list[str], root: Path) -> None:
 
 def main() -> None:
     protocol, host, port, user, password, listing, dest = sys.argv[1:8]
-    paths = Path(listing).read_text().split()
+    paths = [line.split("\t", 1)[0] for line in Path(listing).read_text().splitlines()]
     root = Path(dest)
     for folder in {path.rpartition("/")[0] for path in paths}:
         (root / folder).mkdir(parents=True, exist_ok=True)

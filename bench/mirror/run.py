@@ -247,24 +247,29 @@ def rclone_remote(protocol: str, info: Served, known_hosts: Path) -> str:
     }[protocol]
 
 
+def known_files(tree: Path, dest: Path) -> Path:
+    """A list of the served files beside ``dest``, one ``path<TAB>size`` line each, for the
+    clients that are given the files rather than list them."""
+    listing = dest.parent / f"{dest.name}.list"
+    files = sorted(tree.rglob("*.bin"))
+    listing.write_text("".join(f"{p.relative_to(tree)}\t{p.stat().st_size}\n" for p in files))
+    return listing
+
+
 def python_floor(protocol: str, info: Served, tree: Path, dest: Path) -> Timing:
     """`floor.py`: the known files fetched by 4 bare ftplib or urllib3 threads (or, for
     ``http-async``, 4 aiohttp connections on one event loop), no more."""
-    listing = dest.parent / f"{dest.name}.list"
-    listing.write_text("\n".join(sorted(str(p.relative_to(tree)) for p in tree.rglob("*.bin"))))
     command = [sys.executable, str(FLOOR), protocol, info.host, str(info.port)]
-    command += [info.user or "", info.password or "", str(listing), str(dest)]
+    command += [info.user or "", info.password or "", str(known_files(tree, dest)), str(dest)]
     return timed(command, info)
 
 
 def conveyor_core(protocol: str, info: Served, tree: Path, dest: Path, known_hosts: Path) -> Timing:
     """`core.py`: the known files through Conveyor's transfer path alone (no service, no
     listing, database or flush), timed by the process itself from after its imports."""
-    listing = dest.parent / f"{dest.name}.list"
-    files = sorted(tree.rglob("*.bin"))
-    listing.write_text("".join(f"{p.relative_to(tree)}\t{p.stat().st_size}\n" for p in files))
     command = [sys.executable, str(CORE), protocol, info.host, str(info.port)]
-    command += [info.user or "", info.password or "", str(known_hosts), str(listing), str(dest)]
+    command += [info.user or "", info.password or "", str(known_hosts)]
+    command += [str(known_files(tree, dest)), str(dest)]
     settle(info.root)
     server = cpu_seconds(info.pid)
     answer = subprocess.run(command, check=True, capture_output=True, text=True)
