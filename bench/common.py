@@ -24,15 +24,24 @@ CASES = {
 }
 
 
-def bench_arguments(description: str | None) -> tuple[Path, int]:
-    """The work folder (created) and the repeat count from the command line."""
+def bench_parser(description: str | None) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: ``--workdir`` and ``--repeat``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    return parser
+
+
+def workdir_and_repeat(args: argparse.Namespace) -> tuple[Path, int]:
+    """The work folder (created) and the repeat count of parsed arguments."""
     work = Path(args.workdir or tempfile.mkdtemp(prefix="conveyor-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     return work, int(args.repeat)
+
+
+def bench_arguments(description: str | None) -> tuple[Path, int]:
+    """The work folder (created) and the repeat count from the command line."""
+    return workdir_and_repeat(bench_parser(description).parse_args())
 
 
 def make_tree(root: Path, count: int, size: int) -> Path:

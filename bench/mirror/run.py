@@ -52,7 +52,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import MIB, bench_arguments, peak_rss_mb, start_server
+from common import MIB, bench_parser, peak_rss_mb, start_server, workdir_and_repeat
+from native import native_server, tree_cpu_seconds
 from tests.support.mirror_servers import ServerInfo, ftp_server, http_server, sftp_server
 
 SETS = {"1,000 x 100 KiB": (1000, 100 * 1024), "4 x 256 MiB": (4, 256 * MIB)}
@@ -119,8 +120,23 @@ def children_cpu_seconds() -> float:
 
 
 @contextmanager
-def serve(protocol: str, root: Path) -> Iterator[Served]:
-    """The loopback server of ``protocol`` over ``root``, in a process of its own.
+def serve(protocol: str, root: Path, servers: str) -> Iterator[Served]:
+    """The loopback server of ``protocol`` over ``root``: with ``servers`` "native",
+    nginx or vsftpd (SFTP has none here: asyncssh serves it either way), else the test
+    suite's Python server."""
+    if servers == "native" and protocol != "sftp":
+        with native_server(protocol, root, root.parent / f"{protocol}-server") as native:
+            yield Served(
+                root, "127.0.0.1", native.port, native.user, native.password, None, native.pid
+            )
+        return
+    with python_server(protocol, root) as served:
+        yield served
+
+
+@contextmanager
+def python_server(protocol: str, root: Path) -> Iterator[Served]:
+    """The test suite's loopback server of ``protocol`` over ``root``, in a process of its own.
 
     Not a thread of the benchmark: waiting for a Conveyor run means polling its API, and
     each poll's interpreter time would stall a server sharing this process (and only while
@@ -187,12 +203,13 @@ def settle(tree: Path) -> None:
 def timed(command: list[str], info: Served) -> Timing:
     """A command run to its end (it must succeed) after :func:`settle`."""
     settle(info.root)
-    started, server, children = time.perf_counter(), cpu_seconds(info.pid), children_cpu_seconds()
+    started, children = time.perf_counter(), children_cpu_seconds()
+    server = tree_cpu_seconds(info.pid)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return Timing(
         time.perf_counter() - started,
         children_cpu_seconds() - children,
-        cpu_seconds(info.pid) - server,
+        tree_cpu_seconds(info.pid) - server,
     )
 
 
@@ -271,10 +288,10 @@ def conveyor_core(protocol: str, info: Served, tree: Path, dest: Path, known_hos
     command += [info.user or "", info.password or "", str(known_hosts)]
     command += [str(known_files(tree, dest)), str(dest)]
     settle(info.root)
-    server = cpu_seconds(info.pid)
+    server = tree_cpu_seconds(info.pid)
     answer = subprocess.run(command, check=True, capture_output=True, text=True)
     seconds, spent = (float(figure) for figure in answer.stdout.split())
-    return Timing(seconds, spent, cpu_seconds(info.pid) - server)
+    return Timing(seconds, spent, tree_cpu_seconds(info.pid) - server)
 
 
 def lftp(protocol: str, info: Served, dest: Path) -> Timing:
@@ -326,12 +343,12 @@ def conveyor(
                 raise RuntimeError(f"the warm-up run did not fail as meant: {run}")
         _define(client, definition)
         settle(info.root)
-        started, spent, server = time.perf_counter(), cpu_seconds(pid), cpu_seconds(info.pid)
+        started, spent, server = time.perf_counter(), cpu_seconds(pid), tree_cpu_seconds(info.pid)
         run = _finished(client, name)
         timing = Timing(
             time.perf_counter() - started,
             cpu_seconds(pid) - spent,
-            cpu_seconds(info.pid) - server,
+            tree_cpu_seconds(info.pid) - server,
         )
     if run["state"] != "published":
         raise RuntimeError(f"mirror run failed: {run}")
@@ -395,7 +412,7 @@ class Row(NamedTuple):
     cpu: dict[str, tuple[float, float]]  # client: (its CPU s, the server's CPU s)
 
 
-def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
+def compare(protocol: str, tree: Path, work: Path, repeat: int, servers: str) -> Row:
     """Every client against one server of ``protocol`` serving ``tree``, in rounds.
 
     Each round runs every client once, one after the other, so that a slow spell of this
@@ -403,7 +420,7 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int) -> Row:
     falls on all of them rather than on whichever ran during it; the ratios are taken
     within each round.
     """
-    with serve(protocol, tree) as info:
+    with serve(protocol, tree, servers) as info:
         known = work / "known_hosts"
         known.write_text(f"{info.known_hosts_line or ''}\n")
         peaks: list[float] = []
@@ -487,7 +504,17 @@ def forget(folder: Path) -> None:
 
 
 def main() -> None:
-    work, repeat = bench_arguments(__doc__)
+    parser = bench_parser(__doc__)
+    parser.add_argument(
+        "--servers",
+        choices=("python", "native"),
+        default="python",
+        help="the test suite's Python servers, or nginx and vsftpd (bench/install-tools)",
+    )
+    arguments = parser.parse_args()
+    work, repeat = workdir_and_repeat(arguments)
+    if arguments.servers == "native":
+        work.chmod(0o755)  # vsftpd reads the served tree as the ftp user
     # The loopback servers log every command at INFO; only the figures matter here.
     logging.disable(logging.INFO)
     print(
@@ -502,7 +529,7 @@ def main() -> None:
         tree = make_files(work / f"set-{count}", count, size)
         total_mb = count * size / MIB
         for protocol in ("ftp", "http", "sftp"):
-            row = compare(protocol, tree, work, repeat)
+            row = compare(protocol, tree, work, repeat, arguments.servers)
             rows.append((label, protocol, row))
             ours = row.conveyor
             print(
