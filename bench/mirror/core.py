@@ -9,9 +9,11 @@ the transfers'. It prints its seconds and CPU seconds from after its imports, it
 protocol's client library included (loading Conveyor takes longer than a run of small
 files), as ``SECONDS CPU_SECONDS``.
 
-    python bench/mirror/core.py PROTOCOL HOST PORT USER PASSWORD KNOWN_HOSTS LIST DEST
+    python bench/mirror/core.py PROTOCOL HOST PORT USER PASSWORD KNOWN_HOSTS LIST DEST [CONNECTIONS]
 
-LIST holds one ``path<TAB>size`` line a file.
+LIST holds one ``path<TAB>size`` line a file; CONNECTIONS (4 unless given) caps the
+transfers at once, so that two processes given half of a list each with 2 connections
+tell what a second core would give the same transfers.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from conveyor.mirror.spec import Credentials, SourceOptions, SourceSpec
 from conveyor.mirror.transfer import Fetched, Wanted, fetch, fetch_async
 from conveyor.storage.archive import Archive, open_archive
 
-THREADS = 4
+CONNECTIONS = 4
 ATTEMPT_SECONDS = 3600.0
 POLICY = retry_policy(None, None)
 
@@ -42,11 +44,12 @@ POLICY = retry_policy(None, None)
 class Transfers:
     """The files of one benchmark client, fetched into one archive."""
 
-    def __init__(self, spec: SourceSpec, archive: Archive, parts: Path) -> None:
+    def __init__(self, spec: SourceSpec, archive: Archive, parts: Path, connections: int) -> None:
         self.spec = spec
         self.archive = archive
         self.parts = parts
-        self.gate = HostGate(THREADS)
+        self.connections = connections
+        self.gate = HostGate(connections)
 
     def wanted(self, path: str, size: int) -> Wanted:
         """A file as the run asks for it: no part left by an earlier run, kept for the archive."""
@@ -58,8 +61,8 @@ class Transfers:
         self.archive.adopt(fetched.path, hashes, fetched.size)
 
     async def on_loop(self, reader: AsyncReader, files: list[tuple[str, int]]) -> None:
-        """Small files: every one a task of one event loop, at most 4 at once."""
-        slots = asyncio.Semaphore(THREADS)
+        """Small files: every one a task of one event loop, at most ``connections`` at once."""
+        slots = asyncio.Semaphore(self.connections)
 
         async def one(path: str, size: int) -> None:
             async with slots:
@@ -75,7 +78,7 @@ class Transfers:
             await reader.close()
 
     def in_threads(self, files: list[tuple[str, int]]) -> None:
-        """Large files: 4 threads, each with a source (a connection) of its own."""
+        """Large files: a thread a connection, each with a source of its own."""
         local = threading.local()
         sources: list[Source] = []
 
@@ -89,7 +92,7 @@ class Transfers:
             self.adopt(fetched)
 
         try:
-            with ThreadPoolExecutor(THREADS) as pool:
+            with ThreadPoolExecutor(self.connections) as pool:
                 for done in [pool.submit(one, path, size) for path, size in files]:
                     done.result()
         finally:
@@ -112,6 +115,7 @@ def source_spec(
 
 def main() -> None:
     protocol, host, port, user, password, known, listing, dest = sys.argv[1:9]
+    connections = int(sys.argv[9]) if len(sys.argv) > 9 else CONNECTIONS
     files = [
         (path, int(size))
         for path, size in (line.split("\t") for line in Path(listing).read_text().splitlines())
@@ -120,6 +124,7 @@ def main() -> None:
         source_spec(protocol, host, port, user, password, known),
         open_archive(Path(dest).resolve().as_uri()),
         Path(dest) / "parts",
+        connections,
     )
     # The protocol's client libraries are loaded before the clock starts, as a running
     # service has them (aiohttp alone takes 0.17 s).
@@ -127,7 +132,7 @@ def main() -> None:
     started, spent = time.perf_counter(), time.process_time()
     small = [(path, size) for path, size in files if size <= LOOP_MAX_BYTES]
     large = [(path, size) for path, size in files if size > LOOP_MAX_BYTES]
-    reader = open_async_reader(transfers.spec, THREADS) if small else None
+    reader = open_async_reader(transfers.spec, connections) if small else None
     if reader is None:
         large += small
     else:
