@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     secret_key: str = ""
     # Where mirror runs download before the archive takes the files (kept for resume).
     mirror_dir: Path | None = None
+    # Worker processes that fetch mirror runs' small files (FTP, HTTP, SFTP, into a folder
+    # archive), each on an event loop of its own; 0 fetches them in the job's process.
+    mirror_processes: int = Field(0, ge=0, le=64)
     # The BioMAJ download service's Redis (sessions, progress, errors); unset, its web API
     # under /api/download answers 503.
     biomaj_redis_url: str = ""

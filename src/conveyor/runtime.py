@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import multiprocessing
 from dataclasses import dataclass, field
 
 from conveyor.config import Settings
@@ -12,6 +13,7 @@ from conveyor.db.engine import Database
 from conveyor.db.migrate import upgrade
 from conveyor.jobs.executors import JOBS_LANE, Executor, make_executor
 from conveyor.mirror.biomaj.sessions import DownloadSessions
+from conveyor.mirror.workers import TransferWorkers
 from conveyor.netpolicy import TargetPolicy
 from conveyor.secrets import Sealer
 from conveyor.storage.archive import Archive, open_archive
@@ -77,6 +79,16 @@ class Runtime:
             self.settings.biomaj_redis_url, self.settings.biomaj_redis_prefix
         )
 
+    @functools.cached_property
+    def transfer_workers(self) -> TransferWorkers | None:
+        """The worker processes fetching mirror runs' small files, when configured."""
+        if not self.settings.mirror_processes:
+            return None
+        if multiprocessing.current_process().daemon:
+            log.warning("mirror_processes is ignored: a daemonic process has no children")
+            return None
+        return TransferWorkers(self.settings.mirror_processes)
+
     def submit(self, job_id: int, lane: str = JOBS_LANE) -> None:
         """Hand a committed job to the executor; the sweeper covers a failed hand-over."""
         try:
@@ -85,6 +97,9 @@ class Runtime:
             log.warning("could not dispatch job %s now; the sweeper will", job_id, exc_info=True)
 
     def close(self) -> None:
-        """Stop the executor and close connections."""
+        """Stop the executor and the transfer workers, and close connections."""
         self.executor.shutdown()
+        workers = self.__dict__.get("transfer_workers")
+        if workers is not None:
+            workers.close()
         self.db.dispose()

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conveyor.mirror.transfer import fetch, fetch_async
 from conveyor.runtime import Runtime
 from tests.support.banks import (
     ALU_BANK,
@@ -29,6 +28,7 @@ from tests.support.banks import (
     published,
     run_files,
     run_mirror,
+    spy_on_transfers,
     write_alu_tree,
 )
 from tests.support.mirror_servers import ServerInfo, http_server
@@ -238,22 +238,7 @@ def test_an_http_run_takes_small_files_on_the_loop_and_large_ones_in_threads(
     """One HTTP run, both engines: files up to LOOP_MAX_BYTES are tasks of the run's event
     loop, larger ones go to transfer threads; every file arrives whole, and a sidecar
     checks the file it describes on either path."""
-    from conveyor.mirror import downloads
-
-    monkeypatch.setattr(downloads, "LOOP_MAX_BYTES", 100_000)
-    on_loop: list[str] = []
-    in_threads: list[str] = []
-
-    async def fetch_async_spy(reader: Any, wanted: Any, *args: Any, **kwargs: Any) -> Any:
-        on_loop.append(wanted.name)
-        return await fetch_async(reader, wanted, *args, **kwargs)
-
-    def fetch_spy(source: Any, wanted: Any, *args: Any, **kwargs: Any) -> Any:
-        in_threads.append(wanted.name)
-        return fetch(source, wanted, *args, **kwargs)
-
-    monkeypatch.setattr(downloads, "fetch_async", fetch_async_spy)
-    monkeypatch.setattr(downloads, "fetch", fetch_spy)
+    on_loop, in_threads = spy_on_transfers(monkeypatch, loop_max_bytes=100_000)
     root = tmp_path / "remote"
     (root / "sub").mkdir(parents=True)
     files = {

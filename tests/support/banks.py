@@ -187,3 +187,27 @@ def on_request(faults: Faults, prefix: str, action: Callable[[], None]) -> Itera
         yield
     finally:
         vars(faults).pop("_log", None)
+
+
+def spy_on_transfers(monkeypatch: Any, loop_max_bytes: int) -> tuple[list[str], list[str]]:
+    """Files up to ``loop_max_bytes`` go to the run's event loop, larger ones to its
+    transfer threads; the names of the files its own process fetches each way, noted as
+    they are fetched (as usual)."""
+    from conveyor.mirror import downloads
+    from conveyor.mirror.transfer import fetch, fetch_async
+
+    on_loop: list[str] = []
+    in_threads: list[str] = []
+    monkeypatch.setattr(downloads, "LOOP_MAX_BYTES", loop_max_bytes)
+
+    async def fetch_async_spy(reader: Any, wanted: Any, *args: Any, **kwargs: Any) -> Any:
+        on_loop.append(wanted.name)
+        return await fetch_async(reader, wanted, *args, **kwargs)
+
+    def fetch_spy(source: Any, wanted: Any, *args: Any, **kwargs: Any) -> Any:
+        in_threads.append(wanted.name)
+        return fetch(source, wanted, *args, **kwargs)
+
+    monkeypatch.setattr(downloads, "fetch_async", fetch_async_spy)
+    monkeypatch.setattr(downloads, "fetch", fetch_spy)
+    return on_loop, in_threads

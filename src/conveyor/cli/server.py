@@ -164,6 +164,8 @@ def worker(
     bind_runtime(runtime)
     sweeper = Sweeper(runtime, runtime.executor)
     sweeper.start()
+    if runtime.transfer_workers is not None:
+        runtime.transfer_workers.warm()
     freeze_startup_objects()
     try:
         celery_app.worker_main(

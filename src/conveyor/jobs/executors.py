@@ -146,8 +146,12 @@ class LocalExecutor(Executor):
             log.exception("job %s could not be run", job_id)
 
     def start(self) -> None:
-        """Start the sweeper, which also picks up jobs left over from a previous run."""
+        """Start the sweeper, which also picks up jobs left over from a previous run, and
+        the mirror's transfer workers when configured (a run should not wait for them)."""
         self._sweeper.start()
+        workers = self.runtime.transfer_workers
+        if workers is not None:
+            workers.warm()
 
     def shutdown(self) -> None:
         """Stop sweeping and wait for running jobs."""

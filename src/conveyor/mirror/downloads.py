@@ -4,10 +4,12 @@ Where every source of the run offers an event-loop reader (FTP, HTTP and SFTP), 
 drives all transfers over a shared pool of connections; otherwise each of ``threads``
 worker threads keeps one source (one connection) per remote and reuses it from file to
 file. Either way a :class:`HostGate` per host caps transfers and backs off when the host
-says it is busy. A file unchanged since the last release (same size and time, or
-fingerprint) is not fetched again: its blob is reused. Sidecars (``x.md5``, ``x.sha256``)
-are fetched first, so the file they describe is checked against them. Counters reach the
-run row about once a second; a cancelled run stops between chunks.
+says it is busy. A runtime with transfer workers (``mirror_processes``) sends the small
+files of a folder-archive run to them first, sharing the same cap among them. A file
+unchanged since the last release (same size and time, or fingerprint) is not fetched
+again: its blob is reused. Sidecars (``x.md5``, ``x.sha256``) are fetched first, so the
+file they describe is checked against them. Counters reach the run row about once a
+second; a cancelled run stops between chunks (with workers, between their tasks).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,8 +41,10 @@ from conveyor.mirror.gate import HostGate
 from conveyor.mirror.integrity import sidecar_digest
 from conveyor.mirror.retry import RetryPolicy, retry_policy
 from conveyor.mirror.sources import AsyncReader, Source, open_async_reader, open_source
+from conveyor.mirror.sources.base import offers_async_reader
 from conveyor.mirror.spec import SourceSpec
 from conveyor.mirror.transfer import Fetched, Wanted, fetch, fetch_async, holds_parts
+from conveyor.mirror.workers import TASK_BYTES, TASK_FILES, FileResult, SmallFiles, TransferWorkers
 from conveyor.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -146,6 +151,7 @@ class Downloader:
         self._sidecars: dict[str, str] = {}
         self._archive_is_local = self.runtime.archive.store.is_local
         self._parts_left = True  # whether an earlier run left part files; run() looks
+        self._task_slots = threading.BoundedSemaphore(1)  # tasks in worker processes at once
 
     def run(self) -> list[dict[str, str]]:
         """Download or reuse every pending file; the per-file errors."""
@@ -154,10 +160,14 @@ class Downloader:
         monitor.start()
         errors: list[dict[str, str]] = []
         try:
-            for sidecars_first in (True, False):
-                errors += self._pass(sidecars_first)
+            errors += self._pass(sidecars=True)
+            self._sidecars = self._fetched_sidecars()
+            # What the worker processes leave pending (large files, a dead worker's) goes
+            # to the run's own transfers after them, so the host's connection cap holds.
+            for rest in (self._pass_in_workers, functools.partial(self._pass, sidecars=False)):
                 if self.stopping.is_set():
                     break
+                errors += rest()
         finally:
             self.stopping.set()
             monitor.join()
@@ -169,7 +179,6 @@ class Downloader:
         return errors
 
     def _pass(self, sidecars: bool) -> list[dict[str, str]]:
-        self._sidecars = {} if sidecars else self._fetched_sidecars()
         readers = [open_async_reader(spec, self.definition.threads) for spec in self.specs]
         if all(reader is not None for reader in readers):
             return uvloop.run(self._pass_on_loop(sidecars, cast(list[AsyncReader], readers)))
@@ -188,6 +197,103 @@ class Downloader:
                 running = queued
             errors += self._settle(running)
         return errors
+
+    def _pass_in_workers(self) -> list[dict[str, str]]:
+        """The small files, fetched by the runtime's worker processes when it has them, the
+        archive is a folder and every source offers an event-loop reader."""
+        workers = self.runtime.transfer_workers
+        if (
+            workers is None
+            or not self._archive_is_local
+            or not all(offers_async_reader(spec) for spec in self.specs)
+        ):
+            return []
+        at_once = min(workers.processes, self.definition.threads)
+        connections = max(1, self.definition.threads // at_once)
+        # With a worker for each task that may run, a second task each waits in the pool
+        # (a worker runs one at a time), so no worker idles between tasks.
+        waiting = at_once * 2 if at_once == workers.processes else at_once
+        self._task_slots = threading.BoundedSemaphore(waiting)
+        errors: list[dict[str, str]] = []
+        running: list[tuple[PendingFile, Future[Outcome]]] = []
+        for batch in self._pending(sidecars=False):
+            if self.stopping.is_set():
+                break
+            small = [row for row in batch if row.size is not None and row.size <= LOOP_MAX_BYTES]
+            if small:
+                priors = self._priors([row.save_as for row in small])
+                queued = self._queue_in_workers(workers, small, priors, connections)
+                errors += self._settle(running)
+                running = queued
+        errors += self._settle(running)
+        return errors
+
+    def _queue_in_workers(
+        self,
+        workers: TransferWorkers,
+        rows: list[PendingFile],
+        priors: dict[str, Prior],
+        connections: int,
+    ) -> list[tuple[PendingFile, Future[Outcome]]]:
+        """Send the rows not reused to the workers, in tasks; each row's outcome to come."""
+        queued: list[tuple[PendingFile, Future[Outcome]]] = []
+        by_source: dict[int, list[tuple[PendingFile, Future[Outcome]]]] = {}
+        for row in rows:
+            outcome: Future[Outcome] = Future()
+            reused = self._reused(row, priors)
+            if reused is not None:
+                outcome.set_result(reused)
+            else:
+                by_source.setdefault(row.source_index, []).append((row, outcome))
+            queued.append((row, outcome))
+        for index, waiting in by_source.items():
+            for chunk in _tasks(waiting):
+                # Blocks while every worker has a task and one waiting.
+                self._task_slots.acquire()
+                task = self._task(index, [row for row, _ in chunk], connections)
+                done = workers.fetch(task)
+                done.add_done_callback(functools.partial(self._settle_task, chunk))
+        return queued
+
+    def _task(self, index: int, rows: list[PendingFile], connections: int) -> SmallFiles:
+        spec = self.specs[index]
+        return SmallFiles(
+            spec,
+            connections,
+            self.policy.stop,
+            self.policy.wait,
+            self.definition.timeout_download,
+            not spec.options.skip_check_uncompress,
+            self.runtime.settings.archive_url,
+            tuple((row.id, self._wanted(row)) for row in rows),
+        )
+
+    def _settle_task(
+        self, chunk: list[tuple[PendingFile, Future[Outcome]]], done: Future[list[FileResult]]
+    ) -> None:
+        """A task's results as its rows' outcomes; a task lost with its worker leaves its
+        files pending, for the run's own transfers."""
+        self._task_slots.release()
+        try:
+            results = {result.row_id: result for result in done.result()}
+        except (BrokenProcessPool, CancelledError):
+            for row, outcome in chunk:
+                outcome.set_result(Outcome(row.id, states.FILE_PENDING))
+            return
+        except BaseException as error:
+            for _, outcome in chunk:
+                outcome.set_exception(error)
+            return
+        for row, outcome in chunk:
+            result = results[row.id]
+            if result.fetched is not None:
+                self._count_bytes(result.fetched.size)
+                outcome.set_result(self._done(row, result.fetched, result.seconds))
+            elif result.write_errno is not None:
+                written = OSError(result.write_errno, result.error)
+                outcome.set_exception(self._write_failed(row, written))
+            else:
+                outcome.set_result(self._failed_with(row, result.error, result.attempts))
 
     def _settle(self, running: list[tuple[PendingFile, Future[Outcome]]]) -> list[dict[str, str]]:
         """Wait for a batch, record its outcomes; the errors of its failed files."""
@@ -304,10 +410,10 @@ class Downloader:
         except RunCancelled:
             return Outcome(row.id, states.FILE_PENDING)
         except MirrorError as error:
-            return self._failed(row, error)
+            return self._failed_with(row, str(error), error.attempts)
         except OSError as error:
             raise self._write_failed(row, error) from error
-        return self._done(row, fetched, started)
+        return self._done(row, fetched, time.monotonic() - started)
 
     async def _one_on_loop(
         self,
@@ -343,10 +449,10 @@ class Downloader:
             except RunCancelled:
                 return Outcome(row.id, states.FILE_PENDING)
             except MirrorError as error:
-                return self._failed(row, error)
+                return self._failed_with(row, str(error), error.attempts)
             except OSError as error:
                 raise self._write_failed(row, error) from error
-            return self._done(row, fetched, started)
+            return self._done(row, fetched, time.monotonic() - started)
 
     async def _on_archive(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run an archive call from the event loop: at once on a folder archive (a stat
@@ -389,15 +495,15 @@ class Downloader:
         )
         return LocalWriteFailed(row.save_as, error)
 
-    def _failed(self, row: PendingFile, error: MirrorError) -> Outcome:
+    def _failed_with(self, row: PendingFile, error: str, attempts: int) -> Outcome:
         self._counters[row.source_index].errors.inc()
-        return Outcome(row.id, states.FILE_FAILED, error=str(error), attempts=error.attempts)
+        return Outcome(row.id, states.FILE_FAILED, error=error, attempts=attempts)
 
-    def _done(self, row: PendingFile, fetched: Fetched, started: float) -> Outcome:
+    def _done(self, row: PendingFile, fetched: Fetched, seconds: float) -> Outcome:
         counters = self._counters[row.source_index]
         counters.downloads.inc()
         counters.bytes.inc(fetched.size)
-        counters.seconds.inc(time.monotonic() - started)
+        counters.seconds.inc(seconds)
         return Outcome(row.id, states.FILE_DONE, fetched=fetched, crc32=fetched.crc32)
 
     def _store(self, fetched: Fetched) -> None:
@@ -419,6 +525,9 @@ class Downloader:
     def _moved(self, count: int) -> None:
         if self.stopping.is_set():
             raise RunCancelled("the run was cancelled")
+        self._count_bytes(count)
+
+    def _count_bytes(self, count: int) -> None:
         with self._lock:
             self._bytes_moved += count
 
@@ -561,6 +670,23 @@ def _errors(rows: list[PendingFile], outcomes: list[Outcome]) -> list[dict[str, 
         for row, outcome in zip(rows, outcomes, strict=True)
         if outcome.state == states.FILE_FAILED
     ]
+
+
+def _tasks(
+    waiting: list[tuple[PendingFile, Future[Outcome]]],
+) -> Iterator[list[tuple[PendingFile, Future[Outcome]]]]:
+    """``waiting`` cut into worker tasks of at most TASK_FILES files and TASK_BYTES."""
+    chunk: list[tuple[PendingFile, Future[Outcome]]] = []
+    size = 0
+    for item in waiting:
+        row_size = item[0].size or 0
+        if chunk and (len(chunk) >= TASK_FILES or size + row_size > TASK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += row_size
+    if chunk:
+        yield chunk
 
 
 def _host_key(spec: SourceSpec) -> str:

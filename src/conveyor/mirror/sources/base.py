@@ -154,7 +154,13 @@ def open_source(spec: SourceSpec) -> Source:
 def open_async_reader(spec: SourceSpec, connections: int) -> AsyncReader | None:
     """A new event-loop reader for ``spec.protocol``, or ``None`` when it has none."""
     reader = source_class(spec.protocol).async_reader
-    return reader(spec, connections) if reader is not None and reader.serves(spec) else None
+    return reader(spec, connections) if reader is not None and offers_async_reader(spec) else None
+
+
+def offers_async_reader(spec: SourceSpec) -> bool:
+    """Whether ``spec.protocol`` has an event-loop reader that serves ``spec``."""
+    reader = source_class(spec.protocol).async_reader
+    return reader is not None and reader.serves(spec)
 
 
 def source_class(protocol: str) -> type[Source]:
