@@ -66,10 +66,16 @@ def make_bundle(tree: Path, path: Path) -> Path:
 
 
 def start_server(
-    data_dir: Path, port: int, extra_args: tuple[str, ...] = ()
+    data_dir: Path,
+    port: int,
+    extra_args: tuple[str, ...] = (),
+    settings: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """`conveyor serve` on the embedded default in ``data_dir``, with ``settings`` (names
+    without their ``CONVEYOR_`` prefix) on top; returns once it answers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env["CONVEYOR_DATA_DIR"] = str(data_dir)
+    env.update({f"CONVEYOR_{name.upper()}": value for name, value in (settings or {}).items()})
     process = subprocess.Popen(
         [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), *extra_args],
         env=env,

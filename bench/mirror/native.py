@@ -56,9 +56,8 @@ def native_server(protocol: str, root: Path, folder: Path) -> Iterator[NativeSer
         process.wait(30)
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """The CPU time of ``pid`` and of its descendants, live or ended (nginx works in a
-    child process, vsftpd in a process per session)."""
+def family(pid: int) -> list[int]:
+    """``pid`` and its live descendants."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -66,13 +65,20 @@ def tree_cpu_seconds(pid: int) -> float:
                 parents[int(entry.name)] = int(_stat_fields(int(entry.name))[1])
             except (FileNotFoundError, ProcessLookupError):
                 continue
-    family, queue = [], [pid]
+    members, queue = [], [pid]
     while queue:
         current = queue.pop()
-        family.append(current)
+        members.append(current)
         queue += [child for child, parent in parents.items() if parent == current]
+    return members
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """The CPU time of ``pid`` and of its descendants, live or ended (nginx works in a
+    child process, vsftpd in a process per session, Conveyor's transfer workers in
+    theirs)."""
     ticks = 0
-    for member in family:
+    for member in family(pid):
         try:
             fields = _stat_fields(member)
         except (FileNotFoundError, ProcessLookupError):

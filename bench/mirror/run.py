@@ -29,6 +29,7 @@ waits a minute: ext4 without a journal makes every new file look past the inodes
 the last minute, which made whichever client came next pay for the deletions.
 
     .venv/bin/python bench/mirror/run.py [--workdir DIR] [--repeat N]
+        [--servers python|native] [--mirror-processes P]
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import MIB, bench_parser, peak_rss_mb, start_server, workdir_and_repeat
-from native import native_server, tree_cpu_seconds
+from native import family, native_server, tree_cpu_seconds
 from tests.support.mirror_servers import ServerInfo, ftp_server, http_server, sftp_server
 
 SETS = {"1,000 x 100 KiB": (1000, 100 * 1024), "4 x 256 MiB": (4, 256 * MIB)}
@@ -61,6 +62,7 @@ THREADS = 4
 PORT = 18200
 EXT4_RECENTLY_DELETED_SECONDS = 65
 WAIT_SECONDS = 60  # the longest the API lets a request wait for a run
+WORKERS_START_SECONDS = 5.0  # transfer workers import the mirror's code: 1-2 s
 FLOOR = Path(__file__).with_name("floor.py")
 CORE = Path(__file__).with_name("core.py")
 
@@ -343,11 +345,12 @@ def conveyor(
                 raise RuntimeError(f"the warm-up run did not fail as meant: {run}")
         _define(client, definition)
         settle(info.root)
-        started, spent, server = time.perf_counter(), cpu_seconds(pid), tree_cpu_seconds(info.pid)
+        started, spent = time.perf_counter(), tree_cpu_seconds(pid)
+        server = tree_cpu_seconds(info.pid)
         run = _finished(client, name)
         timing = Timing(
             time.perf_counter() - started,
-            cpu_seconds(pid) - spent,
+            tree_cpu_seconds(pid) - spent,
             tree_cpu_seconds(info.pid) - server,
         )
     if run["state"] != "published":
@@ -373,18 +376,22 @@ def _finished(client: httpx.Client, name: str) -> dict[str, Any]:
 
 
 def fresh_conveyor(
-    data_dir: Path, run: Callable[[tuple[str, int]], Timing]
+    data_dir: Path, run: Callable[[tuple[str, int]], Timing], processes: int = 0
 ) -> tuple[Timing, float]:
     """``run`` against a new `conveyor serve` (its URL and process) with an empty archive in
     ``data_dir`` (a blob already held would be deduplicated, and its bytes never written);
     its timing and the server's peak RSS. The folder is kept until the caller is done with
     every client: ext4 makes each new file look past the inodes freed in the last 30 s or
     so, so deleting one run's files just before the next (rclone's copies are kept the same
-    way) costs it."""
+    way) costs it. With ``processes``, the service has as many transfer workers, given
+    time to start as a running service's have; their peak RSS counts with its own."""
     shutil.rmtree(data_dir, ignore_errors=True)
-    server = start_server(data_dir, PORT)
+    server = start_server(data_dir, PORT, settings={"mirror_processes": str(processes)})
     try:
-        return run((f"http://127.0.0.1:{PORT}", server.pid)), peak_rss_mb(server.pid)
+        if processes:
+            time.sleep(WORKERS_START_SECONDS)
+        timing = run((f"http://127.0.0.1:{PORT}", server.pid))
+        return timing, sum(peak_rss_mb(member) for member in family(server.pid))
     finally:
         server.terminate()
         server.wait()
@@ -412,7 +419,9 @@ class Row(NamedTuple):
     cpu: dict[str, tuple[float, float]]  # client: (its CPU s, the server's CPU s)
 
 
-def compare(protocol: str, tree: Path, work: Path, repeat: int, servers: str) -> Row:
+def compare(
+    protocol: str, tree: Path, work: Path, repeat: int, servers: str, processes: int
+) -> Row:
     """Every client against one server of ``protocol`` serving ``tree``, in rounds.
 
     Each round runs every client once, one after the other, so that a slow spell of this
@@ -440,6 +449,7 @@ def compare(protocol: str, tree: Path, work: Path, repeat: int, servers: str) ->
             timing, peak = fresh_conveyor(
                 work / "dest" / name,
                 lambda service: conveyor(service, protocol, info, known, name, warm),
+                processes,
             )
             peaks.append(peak)
             return timing
@@ -511,6 +521,12 @@ def main() -> None:
         default="python",
         help="the test suite's Python servers, or nginx and vsftpd (bench/install-tools)",
     )
+    parser.add_argument(
+        "--mirror-processes",
+        type=int,
+        default=0,
+        help="the service's transfer workers for small files (CONVEYOR_MIRROR_PROCESSES)",
+    )
     arguments = parser.parse_args()
     work, repeat = workdir_and_repeat(arguments)
     if arguments.servers == "native":
@@ -529,7 +545,9 @@ def main() -> None:
         tree = make_files(work / f"set-{count}", count, size)
         total_mb = count * size / MIB
         for protocol in ("ftp", "http", "sftp"):
-            row = compare(protocol, tree, work, repeat, arguments.servers)
+            row = compare(
+                protocol, tree, work, repeat, arguments.servers, arguments.mirror_processes
+            )
             rows.append((label, protocol, row))
             ours = row.conveyor
             print(
