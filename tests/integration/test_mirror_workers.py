@@ -6,6 +6,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -135,3 +139,49 @@ def test_files_of_a_worker_that_died_are_fetched_by_the_run_itself(
     assert {name: content(client, release[name]) for name in release} == files
     assert len(lost) == 50
     assert run["files_done"] == 80
+
+
+@pytest.mark.timeout(60)
+def test_workers_end_with_a_service_killed_without_shutting_them_down() -> None:
+    """A service killed by a signal never shuts its pool down: its workers see it gone
+    and exit rather than live on as orphans."""
+    service = subprocess.Popen(
+        [sys.executable, "-c", KEEPS_TWO_WORKERS], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert service.stdout is not None
+        assert service.stdout.readline().strip() == "ready"
+        workers = _children(service.pid)
+        assert len(workers) >= 2
+    finally:
+        service.send_signal(signal.SIGKILL)
+        service.wait()
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+KEEPS_TWO_WORKERS = """
+import time
+from conveyor.mirror.workers import TransferWorkers
+
+workers = TransferWorkers(2)
+workers.warm()
+time.sleep(5)  # both have started (each imports the mirror's code in about a second)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found

@@ -18,6 +18,7 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -128,10 +129,21 @@ _kept: dict[tuple[str, int], _KeptReader] = {}
 
 def _start_loop() -> None:
     """The worker's event loop, in a thread of its own for the life of the process, so
-    that connections outlive a task and idle ones are closed on time."""
+    that connections outlive a task and idle ones are closed on time; and a thread that
+    ends the worker when the service is gone."""
     global _loop
     _loop = uvloop.new_event_loop()
     threading.Thread(target=_loop.run_forever, name="mirror-transfers", daemon=True).start()
+    threading.Thread(target=_exit_with_parent, name="mirror-parent", daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    """Exit once the service's process has ended, however it ended: a service killed by a
+    signal never shuts its pool down, and its workers would otherwise live on, orphans."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(0)
 
 
 class _KeptReader:
