@@ -103,3 +103,4 @@ class Runtime:
         if workers is not None:
             workers.close()
         self.db.dispose()
+        log.info("stopped: running jobs finished, workers and connections closed")

@@ -109,12 +109,11 @@ def serve(
     if processes > 1:
         _serve_processes(runtime, host, port, processes, workers)
         return
-    app = create_app(runtime=runtime)
+    # The app's shutdown closes the runtime: after it, uvicorn raises the signal that
+    # stopped it again, which ends the process before any code after run() (a finally).
+    app = create_app(runtime=runtime, close_runtime=True)
     freeze_startup_objects()
-    try:
-        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
-    finally:
-        runtime.close()
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
 
 
 def _reachable(host: str) -> str:

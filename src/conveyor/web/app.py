@@ -69,14 +69,21 @@ class RequestMetrics:
             )
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
-    """The app; it opens (and later closes) a runtime unless one is given."""
+def create_app(
+    settings: Settings | None = None, runtime: Runtime | None = None, close_runtime: bool = False
+) -> FastAPI:
+    """The app; it opens (and later closes) a runtime unless one is given, and closes a
+    given one with ``close_runtime``."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
             app.state.runtime = runtime
-            yield
+            try:
+                yield
+            finally:
+                if close_runtime:
+                    runtime.close()
             return
         assert settings is not None, "create_app needs settings or a runtime"
         opened = Runtime.open(settings)
