@@ -9,10 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conveyor.mirror.workers import FileResult, SmallFiles, TransferWorkers
 from conveyor.runtime import Runtime
 from conveyor.web.app import create_app
 from tests.support.banks import (
@@ -110,35 +108,45 @@ def test_a_file_failing_in_a_worker_fails_with_its_reason(
     assert done["save_as"] == "good.txt"
 
 
+@pytest.mark.timeout(120)
 def test_files_of_a_worker_that_died_are_fetched_by_the_run_itself(
-    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, tmp_path: Path
 ) -> None:
-    """A task lost with its worker (the pool says BrokenProcessPool) leaves its files
-    pending; the run's own transfers fetch them after, and the release is whole."""
-    real_fetch = TransferWorkers.fetch
-    lost: list[int] = []
-
-    def losing_the_first(self: TransferWorkers, task: SmallFiles) -> Future[list[FileResult]]:
-        if lost:
-            return real_fetch(self, task)
-        lost.extend(row_id for row_id, _ in task.files)
-        broken: Future[list[FileResult]] = Future()
-        broken.set_exception(BrokenProcessPool("a worker died"))
-        return broken
-
-    monkeypatch.setattr(TransferWorkers, "fetch", losing_the_first)
+    """Both workers are killed while one of their files stalls: the pool breaks, the
+    files of its lost tasks stay pending and the run's own transfers fetch them after; the
+    next batch goes to new workers. The release is whole."""
     root = tmp_path / "remote"
     root.mkdir()
-    files = {f"f{index:03d}.bin": os.urandom(1000 + index) for index in range(80)}
+    files = {f"f{index:03d}.bin": os.urandom(500 + index) for index in range(260)}
     for name, data in files.items():
         (root / name).write_bytes(data)
     with SERVERS["http"](root) as server:
+        server.faults.stall_after["f040.bin"] = 100
+        killer = threading.Thread(target=_kill_workers_when_asked_for, args=(server, "f040"))
+        killer.start()
         _define(client, server, "survivor", threads=2)
         run = run_mirror(client, "survivor")
+        killer.join()
+        asked = [entry for entry in server.faults.requests if entry.startswith("GET /f040.bin")]
     release = published(client, run)
     assert {name: content(client, release[name]) for name in release} == files
-    assert len(lost) == 50
-    assert run["files_done"] == 80
+    assert run["files_done"] == 260
+    assert len(asked) == 2  # the worker's, cut short, then the run's own
+
+
+def _kill_workers_when_asked_for(server: ServerInfo, name: str) -> None:
+    deadline = time.monotonic() + 60
+    while not any(f"/{name}" in entry for entry in server.faults.requests):
+        assert time.monotonic() < deadline, "the stalled file was never asked for"
+        time.sleep(0.01)
+    workers = [
+        pid
+        for pid in _children(os.getpid())
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    ]
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.timeout(60)

@@ -158,6 +158,7 @@ class _KeptReader:
         self.slots = asyncio.Semaphore(connections)
         self.tasks = 0
         self._idle: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
 
     def take(self) -> None:
         self.tasks += 1
@@ -168,8 +169,10 @@ class _KeptReader:
     def give_back(self) -> None:
         self.tasks -= 1
         if not self.tasks:
-            loop = asyncio.get_running_loop()
-            self._idle = loop.call_later(IDLE_SECONDS, lambda: loop.create_task(self._close()))
+            self._idle = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._close_soon)
+
+    def _close_soon(self) -> None:
+        self._closing = asyncio.get_running_loop().create_task(self._close())
 
     async def _close(self) -> None:
         if not self.tasks and _kept.get(self.key) is self:
